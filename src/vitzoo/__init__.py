@@ -1,0 +1,13 @@
+"""vitzoo: the ViT and DeiT models of PaddleClas's series, in PyTorch."""
+
+__version__ = "0.1.0"
+
+from .factory import create_model
+from .model import Attention, Block, DistilledVisionTransformer, ViTConfig, VisionTransformer, build_model
+from .profile import Profile, profile
+from .specs import SPECS, ModelSpec, UnknownModelError, get_spec, list_models
+
+__all__ = [
+    "Attention", "Block", "DistilledVisionTransformer", "ModelSpec", "Profile", "SPECS", "UnknownModelError",
+    "ViTConfig", "VisionTransformer", "build_model", "create_model", "get_spec", "list_models", "profile",
+]  # fmt: skip

@@ -1,0 +1,30 @@
+"""Build a model by its PaddleClas name."""
+
+from __future__ import annotations
+
+from .model import VisionTransformer, build_model
+from .specs import get_spec
+
+
+def create_model(
+    name: str,
+    num_classes: int = 1000,
+    img_size: int | None = None,
+    drop_path_rate: float = 0.0,
+    **overrides,
+) -> VisionTransformer:
+    """One of the 15 models (names match case-insensitively), randomly initialised for training from scratch.
+
+    `img_size` builds the model for another input size (its pos_embed grid sized for it); `overrides` sets any other
+    `ViTConfig` field (drop_rate, attn_drop_rate, in_chans, ...).
+    """
+    spec = get_spec(name)
+    cfg = spec.arch.replace(
+        num_classes=num_classes,
+        img_size=img_size or spec.arch.img_size,
+        drop_path_rate=drop_path_rate,
+        **overrides,
+    )
+    model = build_model(cfg)
+    model.model_name = spec.name
+    return model
