@@ -6,8 +6,10 @@ from .factory import create_model
 from .model import Attention, Block, DistilledVisionTransformer, ViTConfig, VisionTransformer, build_model
 from .profile import Profile, profile
 from .specs import SPECS, ModelSpec, UnknownModelError, get_spec, list_models
+from .weights import LoadReport, WeightsError, load_weights, read_weights
 
 __all__ = [
     "Attention", "Block", "DistilledVisionTransformer", "ModelSpec", "Profile", "SPECS", "UnknownModelError",
     "ViTConfig", "VisionTransformer", "build_model", "create_model", "get_spec", "list_models", "profile",
+    "LoadReport", "WeightsError", "load_weights", "read_weights",
 ]  # fmt: skip

@@ -46,6 +46,13 @@ class ModelSpec:
     eval: EvalProtocol
     seed: SeedFigures
     timm_name: str | None  # timm's architecture of the same shape, where timm can express it
+    timm_weights: str | None = None  # timm's hub tag of the published weights, where timm still has them
+    hf_id: str | None = None  # Hugging Face transformers checkpoint of the same weights
+
+    @property
+    def paddle_url(self) -> str:
+        """PaddleClas's published weights (no checksums are published)."""
+        return f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/{self.name}_pretrained.pdparams"
 
 
 _VIT_224 = EvalProtocol(256, 224, "cv2_bilinear", HALF, HALF)
@@ -107,7 +114,22 @@ _TABLE = [
      _seed(0.851, 0.973, 0.852, 0.972, 49.43, 87.18, 14.12, 48.76, 97.09), "deit_base_distilled_patch16_384"),
 ]  # fmt: skip
 
-SPECS: dict[str, ModelSpec] = {row[0]: ModelSpec(*row) for row in _TABLE}
+# Where else the published weights live (weights.md): timm hub tags and Hugging Face ids.
+_TIMM_WEIGHTS = {
+    "ViT_base_patch16_224": "vit_base_patch16_224.orig_in21k_ft_in1k",
+    "ViT_base_patch16_384": "vit_base_patch16_384.orig_in21k_ft_in1k",
+    "ViT_large_patch32_384": "vit_large_patch32_384.orig_in21k_ft_in1k",
+    **{name: f"{name.lower()}.fb_in1k" for name, *_ in _TABLE if name.startswith("DeiT")},
+}
+_HF_IDS = {
+    **{name: "google/" + name.lower().replace("_", "-") for name, *_ in _TABLE if name.startswith("ViT_")},
+    **{name: "facebook/" + name.lower().replace("_", "-") for name, *_ in _TABLE if name.startswith("DeiT")},
+}
+del _HF_IDS["ViT_small_patch16_224"]  # timm's own 2020 model: never on the Hugging Face hub
+
+SPECS: dict[str, ModelSpec] = {
+    row[0]: ModelSpec(*row, timm_weights=_TIMM_WEIGHTS.get(row[0]), hf_id=_HF_IDS.get(row[0])) for row in _TABLE
+}
 _BY_LOWER = {name.lower(): spec for name, spec in SPECS.items()}
 
 

@@ -1,0 +1,150 @@
+"""Load any supported checkpoint into a vitzoo model: detect, map to canonical names, check, adapt, load.
+
+Nothing is loaded until every tensor has been mapped and checked, so a bad file leaves the model as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import google, hf
+from .common import WeightsError, as_tensor
+from .containers import read_container
+from .pdparams import paddle_to_canonical
+from .resample import resample_pos_embed
+
+log = logging.getLogger("vitzoo")
+
+HEADS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+_WRAPPERS = ("model", "state_dict", "model_state_dict", "module")  # DeiT: {'model': sd}; timm train: {'state_dict': sd}
+
+
+@dataclass
+class LoadReport:
+    source: str
+    format: str  # the container: pdparams, torch, safetensors, npz, huggingface
+    layout: str  # the naming: canonical, paddle, huggingface, google
+    loaded: int = 0
+    mapped: list[str] = field(default_factory=list)  # tensors renamed, transposed, split or merged on the way
+    resampled: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"loaded {self.loaded} tensors from {self.source} ({self.format}, {self.layout} layout"
+        text += f", {len(self.mapped)} mapped)" if self.mapped else ")"
+        for what, names in (("resampled", self.resampled), ("dropped", self.dropped)):
+            if names:
+                text += f"; {what}: {', '.join(names)}"
+        return text + "".join(f"; {n}" for n in self.notes)
+
+
+def _unwrap(path, obj) -> dict:
+    """The state dict inside a torch checkpoint: DeiT's {'model': ...}, timm's {'state_dict': ...}, or itself."""
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        key = next((k for k in _WRAPPERS if k in obj), None)
+        if key is None:
+            raise WeightsError(f"{path}: no state dict found; top-level keys: {sorted(obj)[:10]}")
+        obj = obj[key]
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if all(k.startswith("module.") for k in tensors):  # saved from DistributedDataParallel
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], LoadReport]:
+    """A checkpoint file or Hugging Face folder -> canonical state dict (timm's names, PyTorch layout) and a report."""
+    path = Path(source)
+    if path.is_dir():
+        fmt, raw = "huggingface", hf.read_folder(path)
+    elif path.exists():
+        fmt, raw = read_container(path)
+    else:
+        raise WeightsError(f"{path}: no such file or folder")
+    report = LoadReport(source=str(path), format=fmt, layout="canonical")
+    if fmt == "pdparams":
+        raw, report.mapped = paddle_to_canonical(raw)
+        report.layout = "paddle"
+    elif fmt == "torch":
+        raw = _unwrap(path, raw)
+    keys = list(raw)
+    try:
+        if hf.is_hf_layout(keys):
+            raw, report.mapped = hf.hf_to_canonical(raw)
+            report.layout = "huggingface"
+        elif google.is_google_layout(keys):
+            raw, report.mapped = google.google_to_canonical(raw)
+            report.layout = "google"
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise WeightsError(f"{path}: cannot map the {report.layout} layout: {e}") from None
+    return {k: as_tensor(v) for k, v in raw.items()}, report
+
+
+def _fit(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport) -> dict[str, torch.Tensor]:
+    """The model's full state dict with the checkpoint's tensors in it, or a WeightsError naming what does not fit."""
+    own = model.state_dict()
+    src = report.source
+    missing = sorted(own.keys() - state.keys())
+    unexpected = sorted(state.keys() - own.keys())
+    if missing or unexpected:
+        what = []
+        if missing:
+            what.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+        if unexpected:
+            what.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:6])}{' ...' if len(unexpected) > 6 else ''}")
+        hint = " (a distilled checkpoint and a plain model, or the reverse?)" if "dist_token" in missing + unexpected else ""
+        raise WeightsError(f"{src}: does not match {_model_name(model)}: {'; '.join(what)}{hint}")
+    heads_differ = any(state[k].shape != own[k].shape for k in HEADS if k in own)
+    out = {}
+    for name, target in own.items():
+        value = state[name]
+        if name in HEADS and heads_differ:
+            out[name] = target
+            report.dropped.append(name)
+            continue
+        if name == "pos_embed" and value.shape != target.shape and value.shape[-1] == target.shape[-1]:
+            value = _resample(model, value, src)
+            report.resampled.append(f"pos_embed {tuple(state[name].shape)} -> {tuple(value.shape)}")
+        if value.shape != target.shape:
+            raise WeightsError(
+                f"{src}: tensor {name} has shape {tuple(value.shape)}, {_model_name(model)} needs {tuple(target.shape)}"
+            )
+        if not value.is_floating_point() and target.is_floating_point():
+            raise WeightsError(f"{src}: tensor {name} holds {value.dtype}, not floating point")
+        out[name] = value
+    if report.dropped:
+        classes = state["head.weight"].shape[0] if state["head.weight"].dim() == 2 else 0
+        report.notes.append(f"checkpoint has {classes} classes, model {model.num_classes}: head(s) left as initialised")
+    return out
+
+
+def _resample(model: nn.Module, pos_embed: torch.Tensor, src: str) -> torch.Tensor:
+    try:
+        return resample_pos_embed(pos_embed, model.cfg.grid_size, model.num_prefix_tokens)
+    except ValueError as e:
+        raise WeightsError(f"{src}: cannot resample pos_embed: {e}") from None
+
+
+def _model_name(model: nn.Module) -> str:
+    return getattr(model, "model_name", type(model).__name__)
+
+
+def load_weights(model: nn.Module, source: str | Path) -> LoadReport:
+    """Load a checkpoint (file, Hugging Face folder, or known name) into `model`, all or nothing. Returns a report."""
+    from .hub import resolve
+
+    path = resolve(source, _model_name(model))
+    state, report = read_weights(path)
+    report.source = str(source) if str(source) != str(path) else report.source
+    full = _fit(model, state, report)
+    model.load_state_dict(full, strict=True)  # every shape was checked above: this cannot fail half-way
+    report.loaded = len(full) - len(report.dropped)
+    log.info("%s", report)
+    return report
