@@ -7,6 +7,7 @@ import sys
 
 from . import __version__
 from .specs import UnknownModelError, list_models
+from .weights import WeightsError
 
 
 def _int_list(text: str) -> list[int]:
@@ -60,6 +61,14 @@ def _cmd_table(args) -> int:
     return 0
 
 
+def _cmd_convert(args) -> int:
+    from .weights.convert import convert
+
+    report = convert(args.src, args.dst, args.model, fmt=args.format, img_size=args.img_size)
+    print(f"{report}\nwrote {args.dst}")
+    return 0
+
+
 def _cmd_models(args) -> int:
     for name in list_models(args.pattern):
         print(name)
@@ -84,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_table)
 
+    p = sub.add_parser("convert", help="any supported checkpoint -> canonical .safetensors (or .pdparams)")
+    p.add_argument("src", help="a checkpoint file, a Hugging Face folder, or a known name (paddleclas, hf, timm)")
+    p.add_argument("dst", help="output file: .safetensors (canonical, timm names) or .pdparams (PaddleClas)")
+    p.add_argument("--model", required=True, help="the vitzoo model the weights belong to")
+    p.add_argument("--format", choices=["safetensors", "pdparams"], help="default: from the output file's suffix")
+    p.add_argument("--img-size", type=int, help="resample pos_embed for another input size")
+    p.set_defaults(func=_cmd_convert)
+
     p = sub.add_parser("models", help="list the model names")
     p.add_argument("pattern", nargs="?", help="case-insensitive substring or glob")
     p.set_defaults(func=_cmd_models)
@@ -94,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UnknownModelError, ValueError) as e:
+    except (UnknownModelError, WeightsError, ValueError) as e:
         print(f"vitzoo: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,47 @@
+"""Convert any supported checkpoint to a canonical .safetensors file (or back to .pdparams for Paddle users)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .common import WeightsError
+from .load import LoadReport
+
+FORMATS = {".safetensors": "safetensors", ".pdparams": "pdparams"}
+
+
+def save_atomic(write, dst: Path) -> None:
+    """Write through `write(tmp_path)` to a temp file beside `dst`, then rename: `dst` is never half-written."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def convert(src, dst, model_name: str, fmt: str | None = None, img_size: int | None = None) -> LoadReport:
+    """Load `src` into `model_name` (checked exactly as `load_weights` does) and write its state dict to `dst`."""
+    from ..factory import create_model
+
+    dst = Path(dst)
+    fmt = fmt or FORMATS.get(dst.suffix.lower())
+    if fmt not in FORMATS.values():
+        raise WeightsError(f"{dst}: cannot tell the output format; use a .safetensors or .pdparams name, or --format")
+    model = create_model(model_name, img_size=img_size, weights=src)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        metadata = {"format": "pt", "vitzoo_model": model.model_name, "img_size": str(model.cfg.img_size)}
+        save_atomic(lambda tmp: save_file(state, str(tmp), metadata=metadata), dst)
+    else:
+        from .pdparams import write_pdparams
+
+        write_pdparams(state, dst)
+    return model.load_report
