@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__
 from .specs import UnknownModelError, list_models
+from .data.datasets import DatasetError
+from .data.transforms import BadImageError
 from .weights import WeightsError
 
 
@@ -69,6 +72,79 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from .evaluate import init_distributed, shutdown_distributed
+
+    ctx = init_distributed(args.device)
+    try:
+        return _eval(args, ctx)
+    finally:
+        shutdown_distributed()
+
+
+def _eval(args, ctx) -> int:
+    import json
+
+    import torch
+
+    from .data.datasets import check_labels, load_samples
+    from .data.transforms import eval_transform
+    from .evaluate import evaluate
+    from .factory import create_model
+    from .specs import get_spec
+
+    device = f"cuda:{ctx.local_rank}" if args.device == "cuda" and ctx.world_size > 1 else args.device
+    spec = get_spec(args.model)
+    samples = load_samples(args.data, args.root)
+    if args.limit:
+        samples = samples[: args.limit]
+    model = create_model(spec.name, num_classes=args.num_classes, weights=args.weights)
+    check_labels(samples, model.num_classes, str(args.data))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    transform = eval_transform(spec.name, args.protocol)
+    result = evaluate(
+        model, samples, transform, batch_size=args.batch_size, workers=args.workers, device=device,
+        on_bad_image=args.on_bad_image, progress=not args.quiet, ctx=ctx,
+    )  # fmt: skip
+    if not ctx.is_main:
+        return 0
+    seed = spec.seed
+    record = {
+        "model": spec.name, "weights": str(args.weights), "data": str(args.data), "protocol": args.protocol,
+        **result, "batch_size": args.batch_size, "device": str(device),
+        "seed": {"top1": seed.top1, "top5": seed.top5, "ref_top1": seed.ref_top1, "ref_top5": seed.ref_top5},
+    }  # fmt: skip
+    print(
+        f"{spec.name} on {result['images']} images ({result['skipped']} skipped), protocol {args.protocol}: "
+        f"Top-1 {result['top1']:.4f} (seed {seed.top1:.4f})  Top-5 {result['top5']:.4f} (seed {seed.top5:.4f})  "
+        f"loss {result['loss']:.4f}  {result['images_per_s']:.1f} img/s"
+    )
+    if args.output:
+        with open(args.output, "w") as f:
+            json.dump(record, f, indent=2)
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    import json
+
+    from .data.transforms import eval_transform
+    from .evaluate import predict
+    from .factory import create_model
+
+    model = create_model(args.model, weights=args.weights)
+    results = predict(model, args.images, eval_transform(args.model, args.protocol), args.top_k, args.device)
+    if args.format == "json":
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        print(result["image"])
+        for entry in result["top"]:
+            print(f"  {entry['probability']:.4f}  {entry['wnid']}  {entry['label']}")
+    return 0
+
+
 def _cmd_models(args) -> int:
     for name in list_models(args.pattern):
         print(name)
@@ -101,6 +177,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", type=int, help="resample pos_embed for another input size")
     p.set_defaults(func=_cmd_convert)
 
+    p = sub.add_parser("eval", help="Top-1/Top-5 on an ImageNet-style folder or a PaddleClas list file")
+    p.add_argument("--model", required=True)
+    p.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder, or known name")
+    p.add_argument("--data", required=True, help="folder of class subfolders (sorted = class index) or a list file")
+    p.add_argument("--root", help="image root for a list file (default: the list file's folder)")
+    p.add_argument("--protocol", choices=["seed", "timm", "deit"], default="seed", help="preprocessing (default: seed)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank its LOCAL_RANK GPU)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail")
+    p.add_argument("--output", "-o", help="write the result as JSON here")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="top-5 ImageNet classes for images")
+    p.add_argument("--model", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--protocol", choices=["seed", "timm", "deit"], default="seed")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=_cmd_predict)
+
     p = sub.add_parser("models", help="list the model names")
     p.add_argument("pattern", nargs="?", help="case-insensitive substring or glob")
     p.set_defaults(func=_cmd_models)
@@ -111,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (UnknownModelError, WeightsError, ValueError) as e:
+    except (UnknownModelError, WeightsError, DatasetError, BadImageError, ValueError) as e:
         print(f"vitzoo: error: {e}", file=sys.stderr)
         return 2
 

@@ -1,6 +1,8 @@
 """Weights: every published checkpoint format, loaded exactly and safely. Facts: shared/reference/weights.md."""
 
 from .common import WeightsError
+from .convert import convert
 from .load import LoadReport, load_weights, read_weights
+from .pdparams import write_pdparams
 
-__all__ = ["LoadReport", "WeightsError", "load_weights", "read_weights"]
+__all__ = ["LoadReport", "WeightsError", "convert", "load_weights", "read_weights", "write_pdparams"]

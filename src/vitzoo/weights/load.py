@@ -75,13 +75,14 @@ def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], LoadRepor
     elif fmt == "torch":
         raw = _unwrap(path, raw)
     keys = list(raw)
+    mapper = None
+    if hf.is_hf_layout(keys):
+        report.layout, mapper = "huggingface", hf.hf_to_canonical
+    elif google.is_google_layout(keys):
+        report.layout, mapper = "google", google.google_to_canonical
     try:
-        if hf.is_hf_layout(keys):
-            raw, report.mapped = hf.hf_to_canonical(raw)
-            report.layout = "huggingface"
-        elif google.is_google_layout(keys):
-            raw, report.mapped = google.google_to_canonical(raw)
-            report.layout = "google"
+        if mapper is not None:
+            raw, report.mapped = mapper(raw)
     except (KeyError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{path}: cannot map the {report.layout} layout: {e}") from None
     return {k: as_tensor(v) for k, v in raw.items()}, report

@@ -1,0 +1,123 @@
+"""Labelled image sets in the two layouts users keep ImageNet in, and the ImageNet class names."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+from .transforms import BadImageError
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as given: names the file, line or folder."""
+
+
+@lru_cache(maxsize=1)
+def imagenet_classes() -> list[tuple[str, str]]:
+    """The 1000 ImageNet-1k classes as (wnid, names), in class-index order (sorted wnids)."""
+    text = resources.files("vitzoo.data").joinpath("imagenet_classes.tsv").read_text(encoding="utf-8")
+    return [tuple(line.split("\t", 1)) for line in text.splitlines() if line]
+
+
+def scan_image_folder(root: str | Path) -> list[tuple[Path, int]]:
+    """`root/<class>/<image>` -> [(path, label)], classes in sorted order = class index (torchvision's ImageFolder)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise DatasetError(f"{root}: no class folders (expected {root}/<class>/<image>)")
+    samples = [
+        (path, label)
+        for label, cls in enumerate(classes)
+        for path in sorted((root / cls).rglob("*"))
+        if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+    ]
+    if not samples:
+        raise DatasetError(f"{root}: {len(classes)} class folders but no images in them")
+    return samples
+
+
+def read_list_file(list_file: str | Path, root: str | Path | None = None) -> list[tuple[Path, int]]:
+    """PaddleClas's list file: one `relative/path label` per line, images under `root` (default: the file's folder)."""
+    list_file = Path(list_file)
+    if not list_file.is_file():
+        raise DatasetError(f"{list_file}: no such list file")
+    root = Path(root) if root is not None else list_file.parent
+    if not root.is_dir():
+        raise DatasetError(f"{root}: no such image root folder")
+    samples = []
+    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=1)
+        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+            raise DatasetError(f"{list_file}:{number}: expected 'relative/path label', got {line!r}")
+        label = int(parts[1])
+        if label < 0:
+            raise DatasetError(f"{list_file}:{number}: negative label {label}")
+        path = root / parts[0].strip()
+        if not path.is_file():
+            raise DatasetError(f"{list_file}:{number}: image {path} does not exist")
+        samples.append((path, label))
+    if not samples:
+        raise DatasetError(f"{list_file}: no images listed")
+    return samples
+
+
+def load_samples(data: str | Path, root: str | Path | None = None) -> list[tuple[Path, int]]:
+    """A folder (ImageNet layout) or a list file, told apart by what `data` is."""
+    data = Path(data)
+    if data.is_dir():
+        return scan_image_folder(data)
+    if data.is_file():
+        return read_list_file(data, root)
+    raise DatasetError(f"{data}: no such folder or list file")
+
+
+def check_labels(samples: list[tuple[Path, int]], num_classes: int, source: str) -> None:
+    for path, label in samples:
+        if label >= num_classes:
+            raise DatasetError(f"{source}: label {label} of {path} is out of range for a {num_classes}-class model")
+
+
+class EvalDataset(Dataset):
+    """(tensor, label, index, decode_s, preprocess_s); a bad image gives None under on_bad_image="skip"."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable, on_bad_image: str = "fail"):
+        if on_bad_image not in ("fail", "skip"):
+            raise ValueError(f"on_bad_image must be 'fail' or 'skip', got {on_bad_image!r}")
+        self.samples = samples
+        self.transform = transform
+        self.on_bad_image = on_bad_image
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            tensor, decode_s, preprocess_s = self.transform.timed(path)
+        except BadImageError as e:
+            if self.on_bad_image == "fail":
+                raise
+            return {"index": index, "bad": str(e)}
+        return {"image": tensor, "label": label, "index": index, "decode_s": decode_s, "preprocess_s": preprocess_s}
+
+
+def collate(items: list[dict]) -> dict:
+    good = [it for it in items if "image" in it]
+    return {
+        "images": torch.stack([it["image"] for it in good]) if good else None,
+        "labels": torch.tensor([it["label"] for it in good], dtype=torch.long),
+        "bad": [it["bad"] for it in items if "bad" in it],
+        "decode_s": sum(it.get("decode_s", 0.0) for it in items),
+        "preprocess_s": sum(it.get("preprocess_s", 0.0) for it in items),
+    }

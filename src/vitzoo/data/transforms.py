@@ -1,0 +1,165 @@
+"""Eval preprocessing: an image -> the normalized CHW float32 tensor a model was evaluated on.
+
+Protocols:
+- "seed": PaddleClas's operators, to the bit (shared/reference/preprocessing.md): OpenCV decode to RGB, short side
+  resized to `round(side * scale)` (Python rounding) with OpenCV INTER_LINEAR (ViT) or Pillow BICUBIC (DeiT), center
+  crop at the floor offset, `x * float32(1/255)`, then mean/std in HWC float32.
+- "timm": timm's eval transform: Pillow decode, short side to floor(size / crop_pct) (crop_pct 0.9 at 224, 1.0 at
+  384), bicubic, torchvision's size and crop rounding.
+- "deit": facebookresearch/deit's eval transform: short side to int(256 / 224 * size), bicubic, center crop.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..specs import IMAGENET_MEAN, IMAGENET_STD, get_spec
+
+PROTOCOLS = ("seed", "timm", "deit")
+
+
+class BadImageError(ValueError):
+    """An image that cannot be decoded (unreadable, truncated, not an image): names the file."""
+
+
+def _source_name(image) -> str:
+    return str(image) if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>"
+
+
+def _read_bytes(image) -> bytes:
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return bytes(image)
+    try:
+        return Path(image).read_bytes()
+    except OSError as e:
+        raise BadImageError(f"{image}: cannot read: {e.strerror or e}") from None
+
+
+def _check_complete(data: bytes, name: str) -> None:
+    """OpenCV decodes a truncated JPEG with only a warning (grey rows): refuse it as Pillow would."""
+    if data[:2] == b"\xff\xd8" and data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0:
+        raise BadImageError(f"{name}: truncated JPEG (no end-of-image marker)")
+
+
+def decode_cv2(image) -> np.ndarray:
+    """RGB uint8 HWC, decoded as PaddleClas does: cv2.imdecode(IMREAD_COLOR), BGR reversed."""
+    if isinstance(image, Image.Image):  # already decoded: take its pixels
+        return np.asarray(image.convert("RGB"))
+    import cv2
+
+    name = _source_name(image)
+    data = _read_bytes(image)
+    if not data:
+        raise BadImageError(f"{name}: empty file")
+    _check_complete(data, name)
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise BadImageError(f"{name}: not a decodable image")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def decode_pil(image) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    name = _source_name(image)
+    data = _read_bytes(image)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")  # convert() forces the full decode, so truncation raises here
+    except (OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(f"{name}: not a decodable image ({e})") from None
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """One eval pipeline. Call it on a path, bytes or a PIL image; `timed` also returns decode/preprocess seconds."""
+
+    resize_short: int
+    crop: int
+    interpolation: str  # "cv2_bilinear" | "pil_bicubic"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    decoder: str = "cv2"  # "cv2" (PaddleClas) | "pil" (timm, DeiT)
+    rounding: str = "paddle"  # "paddle": round() sizes, floor crop offset | "torchvision": truncate, round offset
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.timed(image)[0]
+
+    def timed(self, image) -> tuple[torch.Tensor, float, float]:
+        start = time.perf_counter()
+        pixels = decode_cv2(image) if self.decoder == "cv2" else decode_pil(image)
+        decoded = time.perf_counter()
+        tensor = self.preprocess(pixels)
+        return tensor, decoded - start, time.perf_counter() - decoded
+
+    def resized_size(self, w: int, h: int) -> tuple[int, int]:
+        if self.rounding == "paddle":
+            scale = self.resize_short / min(w, h)
+            return int(round(w * scale)), int(round(h * scale))
+        if w <= h:  # torchvision: the short side exact, the long side truncated
+            return self.resize_short, int(self.resize_short * h / w)
+        return int(self.resize_short * w / h), self.resize_short
+
+    def preprocess(self, pixels) -> torch.Tensor:
+        """Decoded RGB pixels (HWC uint8 array or PIL image) -> normalized CHW float32 tensor."""
+        if isinstance(pixels, Image.Image):
+            w, h = pixels.size
+        else:
+            h, w = pixels.shape[:2]
+        size = self.resized_size(w, h)
+        if self.interpolation == "cv2_bilinear":
+            import cv2
+
+            img = cv2.resize(np.asarray(pixels), size, interpolation=cv2.INTER_LINEAR)
+        else:
+            pil = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+            img = np.asarray(pil.resize(size, Image.BICUBIC))
+        img_h, img_w = img.shape[:2]
+        if img_h < self.crop or img_w < self.crop:
+            raise ValueError(f"resized image {img_w}x{img_h} is smaller than the crop {self.crop}")
+        if self.rounding == "paddle":
+            top, left = (img_h - self.crop) // 2, (img_w - self.crop) // 2
+        else:
+            top, left = int(round((img_h - self.crop) / 2.0)), int(round((img_w - self.crop) / 2.0))
+        img = img[top : top + self.crop, left : left + self.crop]
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        out = (img.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
+        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+
+
+def eval_transform(
+    name: str,
+    protocol: str = "seed",
+    img_size: int | None = None,
+    mean: tuple[float, float, float] | None = None,
+    std: tuple[float, float, float] | None = None,
+) -> EvalTransform:
+    """The eval preprocessing of model `name` under `protocol` ("seed", "timm" or "deit").
+
+    `mean`/`std` override the normalization: e.g. ViT_small_patch16_224's seed config uses 0.5/0.5 while its weights
+    were trained with ImageNet statistics (`mean=IMAGENET_MEAN, std=IMAGENET_STD` evaluates it that way).
+    """
+    spec = get_spec(name)
+    seed = spec.eval
+    size = img_size or spec.arch.img_size
+    if protocol == "seed":
+        resize = seed.resize_short if size == seed.crop else int(round(size * seed.resize_short / seed.crop))
+        return EvalTransform(resize, size, seed.interpolation, mean or seed.mean, std or seed.std, "cv2", "paddle")
+    if protocol == "timm":
+        crop_pct = 1.0 if size >= 384 else 0.9
+        resize = math.floor(size / crop_pct)
+        return EvalTransform(resize, size, "pil_bicubic", mean or seed.mean, std or seed.std, "pil", "torchvision")
+    if protocol == "deit":  # the DeiT repo normalizes every model with ImageNet statistics
+        resize = int(256 / 224 * size)
+        return EvalTransform(resize, size, "pil_bicubic", mean or IMAGENET_MEAN, std or IMAGENET_STD, "pil", "torchvision")
+    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
