@@ -16,6 +16,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +51,14 @@ def _check_complete(data: bytes, name: str) -> None:
         raise BadImageError(f"{name}: truncated JPEG (no end-of-image marker)")
 
 
-def decode_cv2(image) -> np.ndarray:
-    """RGB uint8 HWC, decoded as PaddleClas does: cv2.imdecode(IMREAD_COLOR), BGR reversed."""
+def decode_cv2(image, rgb: bool = True) -> np.ndarray:
+    """uint8 HWC pixels decoded as PaddleClas does: cv2.imdecode(IMREAD_COLOR), then BGR reversed to RGB.
+
+    `rgb=False` keeps OpenCV's BGR order, saving a copy when the caller can read the channels reversed.
+    """
     if isinstance(image, Image.Image):  # already decoded: take its pixels
-        return np.asarray(image.convert("RGB"))
+        pixels = np.asarray(image.convert("RGB"))
+        return pixels if rgb else pixels[:, :, ::-1]
     import cv2
 
     name = _source_name(image)
@@ -64,7 +69,7 @@ def decode_cv2(image) -> np.ndarray:
     bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise BadImageError(f"{name}: not a decodable image")
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if rgb else bgr
 
 
 def decode_pil(image) -> Image.Image:
@@ -96,9 +101,14 @@ class EvalTransform:
 
     def timed(self, image) -> tuple[torch.Tensor, float, float]:
         start = time.perf_counter()
-        pixels = decode_cv2(image) if self.decoder == "cv2" else decode_pil(image)
+        if self.decoder == "cv2":
+            # OpenCV resizes each channel alike, so BGR pixels go through as they are and are reordered at the end
+            bgr = self.interpolation == "cv2_bilinear"
+            pixels = decode_cv2(image, rgb=not bgr)
+        else:
+            bgr, pixels = False, decode_pil(image)
         decoded = time.perf_counter()
-        tensor = self.preprocess(pixels)
+        tensor = self.preprocess(pixels, bgr=bgr)
         return tensor, decoded - start, time.perf_counter() - decoded
 
     def resized_size(self, w: int, h: int) -> tuple[int, int]:
@@ -109,8 +119,19 @@ class EvalTransform:
             return self.resize_short, int(self.resize_short * h / w)
         return int(self.resize_short * w / h), self.resize_short
 
-    def preprocess(self, pixels) -> torch.Tensor:
-        """Decoded RGB pixels (HWC uint8 array or PIL image) -> normalized CHW float32 tensor."""
+    @cached_property
+    def _lut(self) -> np.ndarray:
+        """[3, 256] float32: (v * float32(1/255) - mean) / std for every uint8 value v, per RGB channel.
+
+        The same float32 operations as normalizing the image element by element, so the same bits, done once.
+        """
+        values = np.arange(256, dtype=np.float32) * np.float32(1.0 / 255.0)
+        mean = np.asarray(self.mean, dtype=np.float32)[:, None]
+        std = np.asarray(self.std, dtype=np.float32)[:, None]
+        return (values[None, :] - mean) / std
+
+    def preprocess(self, pixels, bgr: bool = False) -> torch.Tensor:
+        """Decoded pixels (HWC uint8 array, RGB or `bgr`, or a PIL image) -> normalized CHW float32 tensor."""
         if isinstance(pixels, Image.Image):
             w, h = pixels.size
         else:
@@ -121,6 +142,8 @@ class EvalTransform:
 
             img = cv2.resize(np.asarray(pixels), size, interpolation=cv2.INTER_LINEAR)
         else:
+            if bgr:
+                raise ValueError("Pillow resizing needs RGB pixels")
             pil = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
             img = np.asarray(pil.resize(size, Image.BICUBIC))
         img_h, img_w = img.shape[:2]
@@ -131,10 +154,10 @@ class EvalTransform:
         else:
             top, left = int(round((img_h - self.crop) / 2.0)), int(round((img_w - self.crop) / 2.0))
         img = img[top : top + self.crop, left : left + self.crop]
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        out = (img.astype(np.float32) * np.float32(1.0 / 255.0) - mean) / std
-        return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
+        out = np.empty((3, self.crop, self.crop), dtype=np.float32)
+        for channel in range(3):  # a table lookup per channel, written straight into CHW
+            np.take(self._lut[channel], img[:, :, 2 - channel if bgr else channel], out=out[channel])
+        return torch.from_numpy(out)
 
 
 def eval_transform(
