@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_predict)
 
+    from .train.cli import add_parser as add_train_parser
+
+    add_train_parser(sub)
+
     p = sub.add_parser("models", help="list the model names")
     p.add_argument("pattern", nargs="?", help="case-insensitive substring or glob")
     p.set_defaults(func=_cmd_models)
