@@ -77,9 +77,12 @@ def _cmd_eval(args) -> int:
 
     ctx = init_distributed(args.device)
     try:
-        return _eval(args, ctx)
-    finally:
-        shutdown_distributed()
+        code = _eval(args, ctx)
+    except BaseException:
+        shutdown_distributed(sync=False)
+        raise
+    shutdown_distributed()
+    return code
 
 
 def _eval(args, ctx) -> int:
@@ -204,9 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_predict)
 
+    from .bench_cli import add_parsers as add_bench_parsers
     from .train.cli import add_parser as add_train_parser
 
     add_train_parser(sub)
+    add_bench_parsers(sub)
 
     p = sub.add_parser("models", help="list the model names")
     p.add_argument("pattern", nargs="?", help="case-insensitive substring or glob")

@@ -39,9 +39,15 @@ def init_distributed(device: str = "cpu") -> DistContext:
     return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group; a gloo group left open aborts the process at exit."""
+def shutdown_distributed(sync: bool = True) -> None:
+    """Leave the process group; a gloo group left open aborts the process at exit.
+
+    `sync` waits for every rank first: a rank that tears its group down while another still talks to it aborts
+    (gloo). A rank leaving on an error does not wait, or it would hang on ranks that will never arrive.
+    """
     if dist.is_available() and dist.is_initialized():
+        if sync:
+            dist.barrier()
         dist.destroy_process_group()
 
 

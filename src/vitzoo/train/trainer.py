@@ -62,10 +62,14 @@ def train(config: TrainConfig | dict) -> TrainResult:
     device = _device_kind(cfg.device)
     ctx = init_distributed(device)
     try:
-        return _Run(cfg, ctx, device).fit()
-    finally:
+        result = _Run(cfg, ctx, device).fit()
+    except BaseException:
         if not joined:
-            shutdown_distributed()
+            shutdown_distributed(sync=False)
+        raise
+    if not joined:
+        shutdown_distributed()
+    return result
 
 
 def _device_kind(device: str) -> str:

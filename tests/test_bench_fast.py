@@ -1,0 +1,181 @@
+"""Every fast path against fp32 eager: bf16/fp16 weights, the inference-mode forward, torch.compile, ONNX.
+
+Fidelity is measured on real photographs (scikit-image's samples through the model's eval transform) with weights
+that give O(1) activations, under which numerical error shows.
+"""
+
+import copy
+import functools
+
+import pytest
+import torch
+
+import vitzoo
+from vitzoo.bench_cli import main
+from vitzoo.fast import CudaGraphRunner, compile_model, to_precision
+from vitzoo.fidelity import lively_init_, logits_cosine, sample_photos
+
+pytest.importorskip("skimage")
+MODELS = ["DeiT_tiny_patch16_224", "DeiT_tiny_distilled_patch16_224"]
+
+
+@functools.cache
+def make_case(name):
+    """(name, fp32 model with lively weights, photos, fp32 eager logits)."""
+    model = lively_init_(vitzoo.create_model(name)).eval()
+    photos = sample_photos(name)
+    with torch.no_grad():
+        reference = model(photos)
+    return name, model, photos, reference
+
+
+@pytest.fixture(params=MODELS)
+def case(request):
+    return make_case(request.param)
+
+
+def test_photos_are_real_and_the_reference_is_not_degenerate(case):
+    _, _, photos, reference = case
+    assert photos.shape == (8, 3, 224, 224)
+    assert photos.std() > 0.5 and reference.std() > 0.5  # O(1) logits: error cannot hide under a tiny signal
+    assert len(set(reference.argmax(-1).tolist())) > 1
+
+
+@pytest.mark.parametrize("precision, bound", [("bf16", 0.999), ("fp16", 0.9999)])
+def test_half_precision_weights_keep_the_logits(case, precision, bound):
+    _, model, photos, reference = case
+    fast = to_precision(copy.deepcopy(model), precision)
+    dtype = next(fast.parameters()).dtype
+    assert dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert all(p.dtype == dtype for p in fast.parameters())  # weights in that precision, not autocast
+    with torch.inference_mode():
+        logits = fast(photos.to(dtype))
+    assert logits.dtype == dtype
+    assert logits_cosine(logits, reference) >= bound
+
+
+def test_inference_mode_forward_equals_the_plain_forward(case):
+    """In place adds, one-pass tokens and the prefix-only last block change nothing beyond rounding."""
+    _, model, photos, reference = case
+    with torch.inference_mode():
+        torch.testing.assert_close(model(photos), reference, atol=1e-4, rtol=0)
+        torch.testing.assert_close(model.forward_logits(photos), reference, atol=1e-4, rtol=0)
+        features = model.forward_features(photos)
+    with torch.no_grad():
+        torch.testing.assert_close(features, model.forward_features(photos), atol=1e-5, rtol=0)
+    photos_before = photos.clone()
+    with torch.inference_mode():
+        tokens = model._tokens(photos)
+        block_in = tokens.clone()
+        model.blocks[0](tokens)
+    assert torch.equal(tokens, block_in) and torch.equal(photos, photos_before)  # inputs are never written
+
+
+def test_inference_mode_leaves_what_hooks_and_callers_hold_unwritten():
+    _, model, photos, _ = make_case(MODELS[1])
+    model = copy.deepcopy(model)
+    seen = {}
+    for name in ("blocks.0.mlp.fc1", "blocks.0.attn", "blocks.5.mlp", "head"):
+        keep = lambda module, inputs, out, name=name: seen.setdefault(name, []).append(out)  # noqa: E731
+        model.get_submodule(name).register_forward_hook(keep)
+    with torch.no_grad():
+        model(photos[:2])
+    with torch.inference_mode():
+        model(photos[:2])
+    for name, (plain, fast) in seen.items():
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0, msg=f"{name}'s output was overwritten")
+    model.reset_classifier(0)  # identity heads: the distilled average must not write into the caller's features
+    with torch.inference_mode():
+        features = model.forward_features(photos[:2])
+        kept = features.clone()
+        model.forward_head(features)
+    assert torch.equal(features, kept)
+
+
+def test_inference_mode_forward_matches_timm():
+    import timm
+
+    ours = lively_init_(vitzoo.create_model("DeiT_small_distilled_patch16_224")).eval()
+    theirs = timm.create_model("deit_small_distilled_patch16_224").eval()
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=0)
+
+
+def test_onnx_export_runs_in_onnxruntime_within_1e4(case, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from vitzoo.export import OrtRunner, export_onnx
+
+    name, model, photos, reference = case
+    path = export_onnx(model, tmp_path / f"{name}.onnx")
+    runner = OrtRunner(path)
+    for batch in (1, 3, 8):  # exported at batch 2: the batch axis is dynamic
+        torch.testing.assert_close(runner(photos[:batch]), reference[:batch], atol=1e-4, rtol=0)
+
+
+def test_onnx_opset_23_writes_attention_with_the_models_scale(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from vitzoo.export import OrtRunner, export_onnx
+
+    model = lively_init_(vitzoo.create_model("ViT_small_patch16_224")).eval()  # scale 768^-0.5, no qkv bias
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected = model(x)
+    default = {node.op_type for node in onnx.load(str(export_onnx(model, tmp_path / "18.onnx"))).graph.node}
+    assert "Attention" not in default and "Softmax" in default  # opset 18 spells attention out
+    path = export_onnx(model, tmp_path / "23.onnx", opset=23)
+    assert "Attention" in {node.op_type for node in onnx.load(str(path)).graph.node}
+    torch.testing.assert_close(OrtRunner(path)(x), expected, atol=1e-4, rtol=0)
+
+
+def test_export_cli_with_a_weights_file(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from safetensors.torch import save_file
+
+    from vitzoo.export import OrtRunner
+
+    model = lively_init_(vitzoo.create_model(MODELS[1])).eval()
+    save_file(model.state_dict(), tmp_path / "w.safetensors")
+    out = tmp_path / "m.onnx"
+    weights = str(tmp_path / "w.safetensors")
+    assert main(["export", "--model", MODELS[1], "--weights", weights, "--format", "onnx", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "onnxruntime vs eager: max |logit difference|" in printed
+    diff = float(printed.rsplit(" ", 1)[1])
+    assert diff <= 1e-4
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(OrtRunner(out)(x), model(x), atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_compile_fp32_and_bf16():
+    """torch.compile with frozen weights (inductor, oneDNN on CPU), on the smallest model: compiling is slow (~20 s
+    on 2 cores). Deselect with -k 'not compile'."""
+    _, model, photos, reference = make_case(MODELS[0])
+    with torch.inference_mode():
+        fp32 = compile_model(copy.deepcopy(model))
+        torch.testing.assert_close(fp32(photos), reference, atol=1e-4, rtol=0)
+        bf16 = compile_model(to_precision(copy.deepcopy(model), "bf16"))
+        assert logits_cosine(bf16(photos.bfloat16()), reference) >= 0.999
+
+
+def test_cuda_graphs_are_guarded_off_cuda():
+    model = vitzoo.create_model(MODELS[0])
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA input"):
+        CudaGraphRunner(model, torch.randn(1, 3, 224, 224))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_graphs_replay_the_eager_logits():
+    from vitzoo.fast import CudaGraphs
+
+    _, model, photos, reference = make_case(MODELS[1])
+
+    gpu = copy.deepcopy(model).cuda()
+    graphs = CudaGraphs(gpu)
+    with torch.inference_mode():
+        torch.testing.assert_close(graphs(photos.cuda()).cpu(), reference, atol=1e-3, rtol=0)
