@@ -48,11 +48,7 @@ class ModelSpec:
     timm_name: str | None  # timm's architecture of the same shape, where timm can express it
     timm_weights: str | None = None  # timm's hub tag of the published weights, where timm still has them
     hf_id: str | None = None  # Hugging Face transformers checkpoint of the same weights
-
-    @property
-    def paddle_url(self) -> str:
-        """PaddleClas's published weights (no checksums are published)."""
-        return f"https://paddle-imagenet-models-name.bj.bcebos.com/dygraph/{self.name}_pretrained.pdparams"
+    # PaddleClas's own weights: vitzoo.weights.hub.paddle_url(name) (one URL pattern, mirrors honoured)
 
 
 _VIT_224 = EvalProtocol(256, 224, "cv2_bilinear", HALF, HALF)
