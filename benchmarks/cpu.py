@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from vitzoo.bench import bench  # noqa: E402
-from vitzoo.bench_report import to_markdown  # noqa: E402
-from vitzoo.latency import device_name  # noqa: E402
+from vitzoo.bench.report import to_markdown  # noqa: E402
+from vitzoo.bench.latency import device_name  # noqa: E402
 from vitzoo.profile import profile  # noqa: E402
 
 EAGER_MODELS = ["DeiT_tiny_patch16_224", "DeiT_small_patch16_224", "ViT_base_patch16_224",

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from vitzoo.bench import bench  # noqa: E402
-from vitzoo.bench_report import to_markdown  # noqa: E402
+from vitzoo.bench.report import to_markdown  # noqa: E402
 from vitzoo.specs import list_models  # noqa: E402
 
 # large-batch sizes for the throughput figure: enough to fill the GPU, well inside its memory in bf16

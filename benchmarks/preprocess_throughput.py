@@ -23,7 +23,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 import vitzoo
-from vitzoo.latency import device_name
+from vitzoo.bench.latency import device_name
 
 PHOTOS = ["rocket.jpg", "retina.jpg", "hubble_deep_field.jpg", "astronaut.png", "chelsea.png", "coffee.png",
           "motorcycle_left.png", "camera.png"]  # fmt: skip

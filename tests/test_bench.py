@@ -7,11 +7,12 @@ import pytest
 import torch
 
 import vitzoo
-from vitzoo.bench import COMPARE_FIELDS, RECORD_FIELDS, InferencePath, bench
-from vitzoo.bench_cli import main
-from vitzoo.fidelity import lively_init_
-from vitzoo.latency import Timing, measure_latency, time_alternating
-from vitzoo.timm_ref import check_twin, timm_twin
+from vitzoo.bench import COMPARE_FIELDS, RECORD_FIELDS, bench
+from vitzoo.infer import InferencePath
+from vitzoo.bench.cli import main
+from vitzoo.infer.fidelity import lively_init_
+from vitzoo.bench.latency import Timing, measure_latency, time_alternating
+from vitzoo.bench.timm_twin import check_twin, timm_twin
 
 TINY = "DeiT_tiny_patch16_224"
 
@@ -81,9 +82,10 @@ def test_cli_json_and_markdown(capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--backend", "cudagraph"], "cudagraph backend needs device cuda"),
-        (["--backend", "onnxruntime", "--precision", "bf16"], "onnxruntime path runs fp32 only"),
-        (["--compare", "timm", "--timm-baseline", "int8-eager"], "unknown precision"),
+        (["--backend", "cudagraph"], "the cudagraph backend needs a CUDA device"),
+        (["--backend", "onnxruntime", "--precision", "bf16"], "backend onnxruntime does not run bf16"),
+        (["--compare", "timm", "--timm-baseline", "int4-eager"], "unknown precision"),
+        (["--compare", "timm", "--timm-baseline", "int8-eager"], "int8 runs on: openvino"),
     ],
 )
 def test_cli_refuses_paths_that_cannot_run(flags, message, capsys):
@@ -94,6 +96,7 @@ def test_cli_refuses_paths_that_cannot_run(flags, message, capsys):
 def test_inference_path_parses_baselines():
     assert InferencePath.parse("bf16-compile", "cpu") == InferencePath("bf16", "compile", "cpu")
     assert InferencePath.parse("fp32", "cpu").backend == "eager"
+    assert InferencePath.parse("int8", "cpu").backend == "openvino"
 
 
 def test_alternating_timing_order_and_statistics():

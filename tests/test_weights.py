@@ -124,7 +124,7 @@ def test_convert_cli_to_safetensors_and_back(tmp_path, reference, x):
     with pytest.raises(vitzoo.WeightsError, match="output format"):
         from vitzoo.weights.convert import convert
 
-        convert(src, tmp_path / "out.bin", NAME)
+        convert(src, tmp_path / "out.bin", vitzoo.create_model(NAME))
 
 
 # -- bad input: each names the file and the problem, runs nothing, loads nothing ----------------------------------

@@ -53,7 +53,7 @@ def shutdown_distributed(sync: bool = True) -> None:
 
 @torch.inference_mode()
 def evaluate(
-    model: torch.nn.Module,
+    model,
     samples: list,
     transform,
     batch_size: int = 64,
@@ -64,6 +64,9 @@ def evaluate(
     ctx: DistContext | None = None,
 ) -> dict:
     """Top-1, Top-5 and mean cross-entropy of `model` over `samples` [(path, label)].
+
+    `model` is an nn.Module (run in eval mode on `device`) or any images -> logits callable, such as an inference
+    path from `vitzoo.infer.build_path` (an int8 or OpenVINO model is evaluated the same way as fp32 eager).
 
     Distributed: each rank takes samples[rank::world_size] (no padding, so every image counts exactly once) and the
     counts are summed across ranks. Timing: decode and preprocess are seconds of worker CPU summed over images,
@@ -76,7 +79,8 @@ def evaluate(
         EvalDataset(shard, transform, on_bad_image), batch_size=batch_size, num_workers=workers,
         collate_fn=collate, pin_memory=device.type == "cuda",
     )  # fmt: skip
-    model.eval().to(device)
+    if isinstance(model, torch.nn.Module):
+        model.eval().to(device)
     # correct@1, correct@5, loss sum, images, skipped, decode s, preprocess s, model s
     totals = torch.zeros(8, dtype=torch.float64)
     bar = None
@@ -130,18 +134,32 @@ def evaluate(
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images: list, transform, top_k: int = 5, device="cpu") -> list[dict]:
-    """Top-k ImageNet classes with probabilities for each image (path, bytes or PIL image)."""
-    model.eval().to(device)
+def predict(
+    model, images: list, transform, top_k: int = 5, device="cpu", classes: list[str] | None = None
+) -> list[dict]:
+    """Top-k classes with probabilities for each image (path, bytes or PIL image).
+
+    `model`: an nn.Module or an inference path (images -> logits). `classes`: names in output order; by default
+    ImageNet's for a 1000-class output, else the indices.
+    """
+    if isinstance(model, torch.nn.Module):
+        model.eval().to(device)
     batch = torch.stack([transform(image) for image in images]).to(device)
     probs = model(batch).float().softmax(dim=1)
     values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
-    classes = imagenet_classes() if probs.shape[1] == 1000 else None
+    if classes is not None and len(classes) != probs.shape[1]:
+        raise ValueError(f"{len(classes)} class names for a model with {probs.shape[1]} outputs")
+    imagenet = imagenet_classes() if classes is None and probs.shape[1] == 1000 else None
     results = []
     for image, vals, idxs in zip(images, values.tolist(), indices.tolist()):
         top = []
         for p, i in zip(vals, idxs):
-            wnid, names = classes[i] if classes else (str(i), str(i))
-            top.append({"index": i, "wnid": wnid, "label": names.split(",")[0], "names": names, "probability": p})
+            if imagenet:  # "n01440764", "tench, Tinca tinca"
+                wnid, names = imagenet[i]
+                label = names.split(",")[0]
+            else:
+                wnid, names = str(i), classes[i] if classes is not None else str(i)
+                label = names
+            top.append({"index": i, "wnid": wnid, "label": label, "names": names, "probability": p})
         results.append({"image": str(image) if not hasattr(image, "size") else "<image>", "top": top})
     return results

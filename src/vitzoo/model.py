@@ -15,38 +15,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 
-def _inference(module: nn.Module) -> bool:
-    """Eval mode under torch.inference_mode: nothing will be differentiated, so the forward may work in place.
-
-    Under torch.compile, which cannot trace the inference-mode query, eval mode without gradients.
-    """
-    if module.training:
-        return False
-    if torch.compiler.is_compiling():
-        return not torch.is_grad_enabled()
-    return torch.is_inference_mode_enabled()
-
-
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16) if torch.backends.mkldnn.is_available() else ()
-
-
-def _watched(layer: nn.Module) -> bool:
-    """Whether forward hooks watch the layer (then it must be called as a module)."""
-    hooks = nn.modules.module
-    return bool(layer._forward_hooks or layer._forward_pre_hooks or hooks._global_forward_hooks
-                or hooks._global_forward_pre_hooks)  # fmt: skip
-
-
-def _linear(layer: nn.Linear, x: torch.Tensor, inference: bool) -> torch.Tensor:
-    """layer(x); at inference on CPU through oneDNN's matmul, not MKL's that F.linear calls in fp32: ~10% faster
-    on AVX-512 CPUs (bf16 F.linear is oneDNN already). Not under torch.compile, whose own passes pick the kernels,
-    nor under autocast, which only F.linear obeys, nor for a layer watched by hooks."""
-    if inference and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and not torch.compiler.is_compiling():
-        if not (_watched(layer) or torch.is_autocast_enabled("cpu")):
-            return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, "none", [], "")
-    return layer(x)
-
-
 @dataclass(frozen=True)
 class ViTConfig:
     img_size: int = 224
@@ -125,25 +93,20 @@ class Attention(nn.Module):
         """Self-attention over x [B, N, C]; with `num_queries`, only the first that many tokens' outputs (they still
         attend to every token)."""
         B, N, C = x.shape
-        inference = _inference(self)
         # qkv rows are [q | k | v], each head-contiguous: q, k, v are views [B, heads, N, head_dim], no copies.
-        qkv = _linear(self.qkv, x, inference)
+        qkv = self.qkv(x)
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         if num_queries is not None:
             q = q[:, :, :num_queries]
         drop = self.attn_drop if self.training else 0.0
-        # explicit path, the attention map materialised: for callers who look at it, and for bf16 inference on CPU,
-        # where oneDNN's bf16 matmuls beat SDPA's flash kernel (~1.5x measured on AVX512-BF16 without AMX)
-        if return_attn or (inference and x.dtype == torch.bfloat16 and x.device.type == "cpu"):
+        if return_attn:  # the explicit path, the attention map materialised for callers who look at it
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             x = F.dropout(attn, drop) @ v
         else:
             attn = None
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
         # SDPA's CPU and CUDA kernels return [B, heads, n, d] as a transposed [B, n, heads, d]: the reshape is a view
-        x = _linear(self.proj, x.transpose(1, 2).reshape(B, q.shape[2], C), inference)
-        if self.training:
-            x = self.proj_drop(x)
+        x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, q.shape[2], C)))
         return (x, attn) if return_attn else x
 
 
@@ -156,14 +119,7 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-        if not _inference(self):
-            return self.fc2(self.act(self.fc1(x)))
-        h = _linear(self.fc1, x, True)
-        # GELU overwrites fc1's fresh output (no second hidden-size tensor), unless a hook may hold that output
-        h = self.act(h) if _watched(self.fc1) else torch.ops.aten.gelu_(h, approximate=self.act.approximate)
-        return _linear(self.fc2, h, True)
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class DropPath(nn.Module):
@@ -202,18 +158,9 @@ class Block(nn.Module):
             y, attn = self.attn(self.norm1(x), num_queries=num_outputs), None
         if num_outputs is not None:
             x = x[:, :num_outputs]
-        x = self._add_branch(x, y, self.attn, self.attn.proj)
-        x = self._add_branch(x, self.mlp(self.norm2(x)), self.mlp, self.mlp.fc2)
+        x = x + self.drop_path(y)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
         return (x, attn) if return_attn else x
-
-    def _add_branch(self, x: torch.Tensor, branch: torch.Tensor, *makers: nn.Module) -> torch.Tensor:
-        """The residual x + drop_path(branch); at inference added into the branch's fresh output, not a new tensor,
-        unless a hook on the modules that made it may hold that output."""
-        if self.training:
-            return x + self.drop_path(branch)
-        if _inference(self) and not any(_watched(m) for m in makers):
-            return branch.add_(x)
-        return x + branch
 
 
 class VisionTransformer(nn.Module):
@@ -283,16 +230,8 @@ class VisionTransformer(nn.Module):
     def _tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens with the prefix token(s) in front and the position embedding added to all of them."""
         x = self.patch_embed(x)
-        n = self.num_prefix_tokens
         prefix = torch.cat(self._prefix_params(), dim=1)
-        if _inference(self) and not torch.compiler.is_compiling():
-            # one buffer written once: the position-embedded patches go straight into place (no concat, then add)
-            tokens = x.new_empty(x.shape[0], n + x.shape[1], x.shape[2])
-            torch.add(x, self.pos_embed[:, n:], out=tokens[:, n:])
-            tokens[:, :n] = prefix + self.pos_embed[:, :n]
-            return tokens
-        x = torch.cat((prefix.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed
-        return self.pos_drop(x) if self.training else x
+        return self.pos_drop(torch.cat((prefix.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed)
 
     def _run_block(self, block: Block, x: torch.Tensor, num_outputs: int | None = None) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
@@ -311,20 +250,8 @@ class VisionTransformer(nn.Module):
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _inference(self):
-            return self.forward_logits(x)
+        """Logits; the same computation in every mode (vitzoo.infer's fast paths trim and fuse, and say so)."""
         return self.forward_head(self.forward_features(x))
-
-    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The logits of `forward`, with less work: the last block computes only the prefix tokens, the only ones the
-        head reads (they still attend to every token); that block's MLP, projection and attention queries for the
-        patch tokens would be thrown away. `forward` takes this path in eval mode under torch.inference_mode.
-        """
-        x = self._tokens(x)
-        for block in self.blocks[:-1]:
-            x = self._run_block(block, x)
-        x = self._run_block(self.blocks[-1], x, num_outputs=self.num_prefix_tokens)
-        return self.forward_head(self.norm(x))
 
     # -- inspection -----------------------------------------------------------------------------------------------
     def _block_indices(self, indices: int | Sequence[int] | None) -> list[int]:
@@ -422,8 +349,6 @@ class DistilledVisionTransformer(VisionTransformer):
         cls_logits, dist_logits = self.head(x[:, 0]), self.head_dist(x[:, 1])
         if self.distilled_training and self.training and not torch.jit.is_scripting():
             return cls_logits, dist_logits
-        if _inference(self) and isinstance(self.head, nn.Linear) and not _watched(self.head):
-            return cls_logits.add_(dist_logits).mul_(0.5)  # averaged in place in the head's fresh output
         return (cls_logits + dist_logits) / 2
 
 

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..evaluate import DistContext, init_distributed, shutdown_distributed
+from ..factory import write_model_card
 from ..model import DistilledVisionTransformer, VisionTransformer
 from . import checkpoint as ckpt
 from .data import build_mixup, eval_transform, load_sets, train_loader, train_transform, val_loader
@@ -135,6 +136,9 @@ class _Run:
             self.output.mkdir(parents=True, exist_ok=True)
             self.metrics_log.keep_until(self.epoch)
             (self.output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            # what eval, predict, bench, export and serve need to use the run as a model: `--model OUTPUT_FOLDER`
+            classes = sets.class_names or [str(i) for i in range(self.num_classes)]
+            write_model_card(self.output, self.net, classes, self.val_transform, "model.safetensors")
         log.info(
             "training %s (%d classes, %d train / %d val images) on %d process(es), total batch %d, peak lr %.3g, %s",
             self.identity["model"], self.num_classes, len(sets.train), len(sets.val), ctx.world_size,
@@ -168,9 +172,9 @@ class _Run:
             sets.train, train_transform(cfg, img_size, mean, std), cfg, ctx.rank, ctx.world_size, self.device
         )
         self.steps_per_epoch = len(self.order.base) // cfg.batch_size
+        self.val_transform = eval_transform(img_size, cfg.eval_crop_pct, mean, std)
         self.val_loader = val_loader(
-            sets.val, eval_transform(img_size, cfg.eval_crop_pct, mean, std), cfg.batch_size, cfg.workers,
-            ctx.rank, ctx.world_size,
+            sets.val, self.val_transform, cfg.batch_size, cfg.workers, ctx.rank, ctx.world_size
         )  # fmt: skip
         self.mixup = build_mixup(cfg, sets.num_classes)
 

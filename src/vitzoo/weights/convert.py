@@ -25,20 +25,21 @@ def save_atomic(write, dst: Path) -> None:
         raise
 
 
-def convert(src, dst, model_name: str, fmt: str | None = None, img_size: int | None = None) -> LoadReport:
-    """Load `src` into `model_name` (checked exactly as `load_weights` does) and write its state dict to `dst`."""
-    from ..factory import create_model
+def convert(src, dst, model, fmt: str | None = None) -> LoadReport:
+    """Load `src` into `model` (a vitzoo model of the checkpoint's architecture, at the size to write; checked
+    exactly as `load_weights` does) and write its state dict to `dst`."""
+    from .load import load_weights
 
     dst = Path(dst)
     fmt = fmt or FORMATS.get(dst.suffix.lower())
     if fmt not in FORMATS.values():
         raise WeightsError(f"{dst}: cannot tell the output format; use a .safetensors or .pdparams name, or --format")
-    model = create_model(model_name, img_size=img_size, weights=src)
+    model.load_report = load_weights(model, src)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        metadata = {"format": "pt", "vitzoo_model": model.model_name, "img_size": str(model.cfg.img_size)}
+        metadata = {"format": "pt", "vitzoo_model": getattr(model, "model_name", "custom"), "img_size": str(model.cfg.img_size)}
         save_atomic(lambda tmp: save_file(state, str(tmp), metadata=metadata), dst)
     else:
         from .pdparams import write_pdparams

@@ -1,6 +1,6 @@
-"""`vitzoo bench` and `vitzoo export` on the command line: thin over vitzoo.bench and vitzoo.export.
+"""`vitzoo bench` and `vitzoo export` on the command line: thin over vitzoo.bench and vitzoo.infer.onnx.
 
-`add_parsers(subparsers)` registers both subcommands on vitzoo's parser; `python -m vitzoo.bench_cli` runs them alone.
+`add_parsers(subparsers)` registers both subcommands on vitzoo's parser; `python -m vitzoo.bench.cli` runs them alone.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .fast import PRECISIONS
+from ..cli.args import MODEL_HELP, add_path_arguments, int_list, model_list
 
 
 def _cmd_bench(args) -> int:
-    from .bench import bench
-    from .bench_report import render
+    from .report import render
+    from .runner import bench
 
     def progress(message: str) -> None:
         if not args.quiet:
@@ -22,6 +22,7 @@ def _cmd_bench(args) -> int:
 
     records = bench(
         args.model, args.batch_sizes, precision=args.precision, backend=args.backend, device=args.device,
+        calibration=args.calibration, calibration_size=args.calibration_size,
         threads=args.threads, warmup=args.warmup, runs=args.runs, throughput=args.throughput,
         throughput_batch=args.throughput_batch, compare=args.compare, timm_baseline=args.timm_baseline,
         weights=args.weights, quiet_wait_s=args.wait_quiet, progress=progress,
@@ -35,10 +36,12 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import export_onnx, onnx_max_diff
-    from .factory import create_model
+    from ..factory import load_model
+    from ..infer.onnx import export_onnx, onnx_max_diff
 
-    model = create_model(args.model, num_classes=args.num_classes, img_size=args.img_size, weights=args.weights)
+    if args.weights is None and not Path(args.model).is_dir():
+        raise ValueError(f"--weights is needed for {args.model} (a run folder brings its own)")
+    model = load_model(args.model, args.weights, num_classes=args.num_classes, img_size=args.img_size).model
     path = export_onnx(model.eval(), args.out, opset=args.opset)
     print(f"wrote {path} (ONNX opset {args.opset}, input 'images' [batch, 3, {model.cfg.img_size}, "
           f"{model.cfg.img_size}], output 'logits' [batch, {model.num_classes}])")
@@ -49,18 +52,13 @@ def _cmd_export(args) -> int:
 
 def add_parsers(subparsers) -> None:
     """Register `bench` and `export` on an argparse subparsers object."""
-    from .bench import BACKENDS
-    from .cli import _int_list, _model_list
-    from .export import DEFAULT_OPSET
+    from ..infer.onnx import DEFAULT_OPSET
 
     p = subparsers.add_parser("bench", help="latency and throughput of inference paths, against timm in the same run")
-    p.add_argument("--model", required=True, type=_model_list, help="NAME[,NAME...]: model names or globs")
-    p.add_argument("--batch-sizes", type=_int_list, default=[1, 4, 8], help="default 1,4,8 as the seed")
-    p.add_argument("--precision", choices=list(PRECISIONS), default="fp32", help="weights and inputs in this precision")
-    p.add_argument("--backend", choices=BACKENDS, default="eager",
-                   help="eager; compile (torch.compile, inductor, frozen weights); onnxruntime (fp32); "
-                   "cudagraph (eager captured as CUDA graphs)")  # fmt: skip
-    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--model", required=True, type=model_list,
+                   help="NAME[,NAME...]: model names or globs, or `vitzoo train` output folders")
+    p.add_argument("--batch-sizes", type=int_list, default=[1, 4, 8], help="default 1,4,8 as the seed")
+    add_path_arguments(p)
     p.add_argument("--threads", type=int, help="CPU threads, for torch and onnxruntime (default: torch's choice)")
     p.add_argument("--throughput", action="store_true", help="add a large-batch images/s figure")
     p.add_argument("--throughput-batch", type=int, help="its batch size (default 32 on CPU, 256 on CUDA)")
@@ -79,8 +77,8 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=_cmd_bench)
 
     p = subparsers.add_parser("export", help="a model with its weights to ONNX (dynamic batch)")
-    p.add_argument("--model", required=True)
-    p.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder, or known name")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--weights", help="checkpoint file, Hugging Face folder, or known name (a run folder: its own)")
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("out", help="output .onnx file")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
@@ -93,8 +91,8 @@ def add_parsers(subparsers) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """The two subcommands alone (until vitzoo's own parser registers them), with vitzoo's error reporting."""
-    from .specs import UnknownModelError
-    from .weights import WeightsError
+    from ..specs import UnknownModelError
+    from ..weights import WeightsError
 
     parser = argparse.ArgumentParser(prog="vitzoo", description="vitzoo bench and export")
     add_parsers(parser.add_subparsers(dest="command", required=True))

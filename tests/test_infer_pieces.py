@@ -1,4 +1,4 @@
-"""Every fast path against fp32 eager: bf16/fp16 weights, the inference-mode forward, torch.compile, ONNX.
+"""The fast paths' pieces against fp32 eager: bf16/fp16 weights, the trimmed forward, torch.compile, ONNX.
 
 Fidelity is measured on real photographs (scikit-image's samples through the model's eval transform) with weights
 that give O(1) activations, under which numerical error shows.
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import vitzoo
-from vitzoo.bench_cli import main
-from vitzoo.fast import CudaGraphRunner, compile_model, to_precision
-from vitzoo.fidelity import lively_init_, logits_cosine, sample_photos
+from vitzoo.bench.cli import main
+from vitzoo.infer.torch_paths import CudaGraphRunner, compile_model, to_precision
+from vitzoo.infer.fidelity import lively_init_, logits_cosine, sample_photos
 
 pytest.importorskip("skimage")
 MODELS = ["DeiT_tiny_patch16_224", "DeiT_tiny_distilled_patch16_224"]
@@ -54,58 +54,53 @@ def test_half_precision_weights_keep_the_logits(case, precision, bound):
     assert logits_cosine(logits, reference) >= bound
 
 
-def test_inference_mode_forward_equals_the_plain_forward(case):
-    """In place adds, one-pass tokens and the prefix-only last block change nothing beyond rounding."""
+def test_the_model_computes_the_same_in_every_mode(case):
+    """model.py has no inference-mode tricks: a hook on the last block sees every token under inference_mode too."""
     _, model, photos, reference = case
-    with torch.inference_mode():
-        torch.testing.assert_close(model(photos), reference, atol=1e-4, rtol=0)
-        torch.testing.assert_close(model.forward_logits(photos), reference, atol=1e-4, rtol=0)
-        features = model.forward_features(photos)
-    with torch.no_grad():
-        torch.testing.assert_close(features, model.forward_features(photos), atol=1e-5, rtol=0)
-    photos_before = photos.clone()
-    with torch.inference_mode():
-        tokens = model._tokens(photos)
-        block_in = tokens.clone()
-        model.blocks[0](tokens)
-    assert torch.equal(tokens, block_in) and torch.equal(photos, photos_before)  # inputs are never written
+    seen = []
+    handle = model.blocks[-1].register_forward_hook(lambda module, inputs, out: seen.append(out.shape))
+    try:
+        with torch.inference_mode():
+            torch.testing.assert_close(model(photos), reference, atol=1e-5, rtol=0)
+        with torch.no_grad():
+            model(photos)
+    finally:
+        handle.remove()
+    tokens = model.cfg.num_tokens
+    assert seen == [(8, tokens, model.embed_dim)] * 2
 
 
-def test_inference_mode_leaves_what_hooks_and_callers_hold_unwritten():
-    _, model, photos, _ = make_case(MODELS[1])
-    model = copy.deepcopy(model)
-    seen = {}
-    for name in ("blocks.0.mlp.fc1", "blocks.0.attn", "blocks.5.mlp", "head"):
-        keep = lambda module, inputs, out, name=name: seen.setdefault(name, []).append(out)  # noqa: E731
-        model.get_submodule(name).register_forward_hook(keep)
-    with torch.no_grad():
-        model(photos[:2])
+@pytest.mark.parametrize("fused", [False, True])
+def test_the_trimmed_forward_gives_the_models_logits_and_writes_no_input(case, fused):
+    from vitzoo.infer.fastpath import TrimmedLogits
+
+    _, model, photos, reference = case
+    before = photos.clone()
     with torch.inference_mode():
-        model(photos[:2])
-    for name, (plain, fast) in seen.items():
-        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0, msg=f"{name}'s output was overwritten")
-    model.reset_classifier(0)  # identity heads: the distilled average must not write into the caller's features
-    with torch.inference_mode():
-        features = model.forward_features(photos[:2])
-        kept = features.clone()
-        model.forward_head(features)
-    assert torch.equal(features, kept)
+        torch.testing.assert_close(TrimmedLogits(model, fused=fused)(photos), reference, atol=1e-5, rtol=0)
+    assert torch.equal(photos, before)
+    params = dict(model.named_parameters())
+    assert all(torch.isfinite(p).all() for p in params.values())
+    with torch.inference_mode():  # the fused path wrote nothing into the weights
+        torch.testing.assert_close(model(photos), reference, atol=1e-5, rtol=0)
 
 
-def test_inference_mode_forward_matches_timm():
+def test_fused_forward_matches_timm():
     import timm
+
+    from vitzoo.infer.fastpath import TrimmedLogits
 
     ours = lively_init_(vitzoo.create_model("DeiT_small_distilled_patch16_224")).eval()
     theirs = timm.create_model("deit_small_distilled_patch16_224").eval()
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(2, 3, 224, 224)
     with torch.inference_mode():
-        torch.testing.assert_close(ours(x), theirs(x), atol=1e-4, rtol=0)
+        torch.testing.assert_close(TrimmedLogits(ours, fused=True)(x), theirs(x), atol=1e-4, rtol=0)
 
 
 def test_onnx_export_runs_in_onnxruntime_within_1e4(case, tmp_path):
     pytest.importorskip("onnxruntime")
-    from vitzoo.export import OrtRunner, export_onnx
+    from vitzoo.infer.onnx import OrtRunner, export_onnx
 
     name, model, photos, reference = case
     path = export_onnx(model, tmp_path / f"{name}.onnx")
@@ -118,7 +113,7 @@ def test_onnx_opset_23_writes_attention_with_the_models_scale(tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx
 
-    from vitzoo.export import OrtRunner, export_onnx
+    from vitzoo.infer.onnx import OrtRunner, export_onnx
 
     model = lively_init_(vitzoo.create_model("ViT_small_patch16_224")).eval()  # scale 768^-0.5, no qkv bias
     x = torch.randn(2, 3, 224, 224)
@@ -135,7 +130,7 @@ def test_export_cli_with_a_weights_file(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from safetensors.torch import save_file
 
-    from vitzoo.export import OrtRunner
+    from vitzoo.infer.onnx import OrtRunner
 
     model = lively_init_(vitzoo.create_model(MODELS[1])).eval()
     save_file(model.state_dict(), tmp_path / "w.safetensors")
@@ -171,7 +166,7 @@ def test_cuda_graphs_are_guarded_off_cuda():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_graphs_replay_the_eager_logits():
-    from vitzoo.fast import CudaGraphs
+    from vitzoo.infer.torch_paths import CudaGraphs
 
     _, model, photos, reference = make_case(MODELS[1])
 

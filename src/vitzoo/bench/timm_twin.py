@@ -7,8 +7,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from .model import VisionTransformer
-from .specs import get_spec
+from ..model import VisionTransformer
+from ..specs import get_spec
 
 
 class NotComparableError(ValueError):

@@ -7,12 +7,10 @@ import io
 import json
 from typing import Callable, Iterable, Sequence
 
-import torch
-
-from .factory import create_model
+from ..factory import create_model
+from ..profile import profile
+from ..specs import get_spec, list_models
 from .latency import device_name, measure_latency
-from .profile import profile
-from .specs import get_spec, list_models
 
 
 def build_table(
@@ -104,8 +102,3 @@ def render(rows: list[dict], fmt: str) -> str:
     if fmt == "markdown":
         return to_markdown(rows)
     raise ValueError(f"unknown format {fmt!r}; choose markdown, json or csv")
-
-
-def set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(threads)

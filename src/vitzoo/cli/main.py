@@ -6,40 +6,19 @@ import argparse
 import os
 import sys
 
-from . import __version__
-from .specs import UnknownModelError, list_models
-from .data.datasets import DatasetError
-from .data.transforms import BadImageError
-from .weights import WeightsError
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _model_list(text: str) -> list[str]:
-    """Comma-separated names or globs (case-insensitive), each of which must match a model."""
-    names = []
-    for item in (t.strip() for t in text.split(",")):
-        if not item:
-            continue
-        matched = list_models(item) if any(c in item for c in "*?[") else [item]
-        if not matched:
-            raise argparse.ArgumentTypeError(f"no model matches {item!r}; known models: {', '.join(list_models())}")
-        names += matched
-    return names
+from .. import __version__
+from ..data.datasets import DatasetError
+from ..data.transforms import BadImageError
+from ..specs import UnknownModelError, list_models
+from ..weights import WeightsError
+from .args import MODEL_HELP, add_path_arguments, build_runner, int_list, model_list
 
 
 def _cmd_table(args) -> int:
     from tqdm import tqdm
 
-    from .table import build_table, render, set_threads
+    from ..bench.latency import set_threads
+    from ..bench.table import build_table, render
 
     set_threads(args.threads)
     models = args.models or list_models()
@@ -65,15 +44,16 @@ def _cmd_table(args) -> int:
 
 
 def _cmd_convert(args) -> int:
-    from .weights.convert import convert
+    from ..factory import create_model
+    from ..weights.convert import convert
 
-    report = convert(args.src, args.dst, args.model, fmt=args.format, img_size=args.img_size)
+    report = convert(args.src, args.dst, create_model(args.model, img_size=args.img_size), fmt=args.format)
     print(f"{report}\nwrote {args.dst}")
     return 0
 
 
 def _cmd_eval(args) -> int:
-    from .evaluate import init_distributed, shutdown_distributed
+    from ..evaluate import init_distributed, shutdown_distributed
 
     ctx = init_distributed(args.device)
     try:
@@ -90,37 +70,42 @@ def _eval(args, ctx) -> int:
 
     import torch
 
-    from .data.datasets import check_labels, load_samples
-    from .data.transforms import eval_transform
-    from .evaluate import evaluate
-    from .factory import create_model
-    from .specs import get_spec
+    from ..data.datasets import check_labels, load_samples
+    from ..evaluate import evaluate
+    from ..factory import load_model
+    from ..specs import get_spec
 
-    device = f"cuda:{ctx.local_rank}" if args.device == "cuda" and ctx.world_size > 1 else args.device
-    spec = get_spec(args.model)
+    args.run_device = f"cuda:{ctx.local_rank}" if args.device == "cuda" and ctx.world_size > 1 else args.device
+    _need_weights(args)
     samples = load_samples(args.data, args.root)
     if args.limit:
         samples = samples[: args.limit]
-    model = create_model(spec.name, num_classes=args.num_classes, weights=args.weights)
-    check_labels(samples, model.num_classes, str(args.data))
+    loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
+    check_labels(samples, loaded.model.num_classes, str(args.data))
     if args.threads:
         torch.set_num_threads(args.threads)
-    transform = eval_transform(spec.name, args.protocol)
+    protocol = args.protocol or loaded.default_protocol
+    transform = loaded.transform(protocol)
+    runner = build_runner(args, loaded)
     result = evaluate(
-        model, samples, transform, batch_size=args.batch_size, workers=args.workers, device=device,
+        runner, samples, transform, batch_size=args.batch_size, workers=args.workers, device=args.run_device,
         on_bad_image=args.on_bad_image, progress=not args.quiet, ctx=ctx,
     )  # fmt: skip
     if not ctx.is_main:
         return 0
-    seed = spec.seed
     record = {
-        "model": spec.name, "weights": str(args.weights), "data": str(args.data), "protocol": args.protocol,
-        **result, "batch_size": args.batch_size, "device": str(device),
-        "seed": {"top1": seed.top1, "top5": seed.top5, "ref_top1": seed.ref_top1, "ref_top5": seed.ref_top5},
+        "model": loaded.name, "source": loaded.source, "weights": str(args.weights), "data": str(args.data),
+        "protocol": protocol, "precision": runner.path.precision, "backend": runner.path.backend,
+        "path_notes": runner.notes, **result, "batch_size": args.batch_size, "device": str(args.run_device),
     }  # fmt: skip
+    seed_note = ""
+    if loaded.name != "custom" and loaded.model.num_classes == 1000:
+        seed = get_spec(loaded.name).seed
+        record["seed"] = {"top1": seed.top1, "top5": seed.top5, "ref_top1": seed.ref_top1, "ref_top5": seed.ref_top5}
+        seed_note = f" (seed {seed.top1:.4f} / {seed.top5:.4f})"
     print(
-        f"{spec.name} on {result['images']} images ({result['skipped']} skipped), protocol {args.protocol}: "
-        f"Top-1 {result['top1']:.4f} (seed {seed.top1:.4f})  Top-5 {result['top5']:.4f} (seed {seed.top5:.4f})  "
+        f"{loaded.name} on {result['images']} images ({result['skipped']} skipped), protocol {protocol}, "
+        f"{runner.path.name}: Top-1 {result['top1']:.4f}  Top-5 {result['top5']:.4f}{seed_note}  "
         f"loss {result['loss']:.4f}  {result['images_per_s']:.1f} img/s"
     )
     if args.output:
@@ -129,15 +114,27 @@ def _eval(args, ctx) -> int:
     return 0
 
 
+def _need_weights(args) -> None:
+    from pathlib import Path
+
+    if args.weights is None and not Path(args.model).is_dir():
+        raise ValueError(f"--weights is needed for {args.model} (a run folder brings its own)")
+
+
 def _cmd_predict(args) -> int:
     import json
 
-    from .data.transforms import eval_transform
-    from .evaluate import predict
-    from .factory import create_model
+    from ..evaluate import predict
+    from ..factory import load_model
 
-    model = create_model(args.model, weights=args.weights)
-    results = predict(model, args.images, eval_transform(args.model, args.protocol), args.top_k, args.device)
+    _need_weights(args)
+    loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
+    classes = loaded.class_names()
+    if args.class_names:
+        classes = [line.strip() for line in open(args.class_names, encoding="utf-8") if line.strip()]
+    runner = build_runner(args, loaded)
+    transform = loaded.transform(args.protocol)
+    results = predict(runner, args.images, transform, args.top_k, args.device, classes=classes)
     if args.format == "json":
         print(json.dumps(results, indent=2))
         return 0
@@ -154,16 +151,19 @@ def _cmd_models(args) -> int:
     return 0
 
 
+PROTOCOLS = ["seed", "timm", "deit", "run"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitzoo", description="ViT and DeiT models: the PaddleClas series in PyTorch.")
     parser.add_argument("--version", action="version", version=f"vitzoo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("table", help="the seed's Params/FLOPs and latency tables, measured on this machine")
-    p.add_argument("--models", type=_model_list, help="comma-separated model names or globs (default: all 15)")
+    p.add_argument("--models", type=model_list, help="comma-separated model names or globs (default: all 15)")
     p.add_argument("--no-latency", action="store_true", help="only Params and FLOPs (instant, no forward pass)")
     p.add_argument("--format", choices=["markdown", "json", "csv"], default="markdown")
-    p.add_argument("--batch-sizes", type=_int_list, default=[1, 4, 8], help="default 1,4,8 as the seed")
+    p.add_argument("--batch-sizes", type=int_list, default=[1, 4, 8], help="default 1,4,8 as the seed")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards before timing (default 2)")
@@ -181,15 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("eval", help="Top-1/Top-5 on an ImageNet-style folder or a PaddleClas list file")
-    p.add_argument("--model", required=True)
-    p.add_argument("--weights", required=True, help="checkpoint file, Hugging Face folder, or known name")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--weights", help="checkpoint file, Hugging Face folder, or known name (a run folder: its own)")
     p.add_argument("--data", required=True, help="folder of class subfolders (sorted = class index) or a list file")
     p.add_argument("--root", help="image root for a list file (default: the list file's folder)")
-    p.add_argument("--protocol", choices=["seed", "timm", "deit"], default="seed", help="preprocessing (default: seed)")
+    p.add_argument("--protocol", choices=PROTOCOLS,
+                   help="preprocessing (default: seed; a run folder: run, the one it was validated with)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank its LOCAL_RANK GPU)")
+    add_path_arguments(p)  # --device cuda under torchrun: each rank its LOCAL_RANK GPU
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--on-bad-image", choices=["fail", "skip"], default="fail")
@@ -197,18 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="top-5 ImageNet classes for images")
-    p.add_argument("--model", required=True)
-    p.add_argument("--weights", required=True)
+    p = sub.add_parser("predict", help="top-k classes for images")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    p.add_argument("--weights", help="checkpoint file, Hugging Face folder, or known name (a run folder: its own)")
     p.add_argument("images", nargs="+")
-    p.add_argument("--protocol", choices=["seed", "timm", "deit"], default="seed")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="preprocessing (default: seed; a run folder: run)")
+    p.add_argument("--num-classes", type=int, default=1000)
+    p.add_argument("--class-names", help="a text file of class names, one per line in output order")
     p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--device", default="cpu")
+    add_path_arguments(p)
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=_cmd_predict)
 
-    from .bench_cli import add_parsers as add_bench_parsers
-    from .train.cli import add_parser as add_train_parser
+    from ..bench.cli import add_parsers as add_bench_parsers
+    from ..train.cli import add_parser as add_train_parser
 
     add_train_parser(sub)
     add_bench_parsers(sub)

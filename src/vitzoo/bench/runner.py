@@ -2,81 +2,33 @@
 beside timm's equivalent holding the same weights, timed in the same process, alternating run by run.
 
 One record per (model, precision, backend, device, batch size); see `RECORD_FIELDS`. A path other than fp32 eager
-also records the cosine similarity of its logits to fp32 eager's on real photographs (`vitzoo.fidelity`).
+also records the cosine similarity of its logits to fp32 eager's on real photographs (`vitzoo.infer.fidelity`).
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from .factory import create_model
-from .fast import CudaGraphs, compile_model, dtype_of, strict_fp32, to_precision
-from .fidelity import lively_init_, logits_cosine, sample_photos
-from .latency import device_name, image_shape, time_alternating
-from .specs import get_spec
-from .table import set_threads
+from ..factory import LoadedModel, create_model, load_model
+from ..infer import (
+    InferencePath, PathUnavailable, build_path, calibration_images, image_shape, lively_init_, logits_cosine,
+    sample_photos,
+)  # fmt: skip
+from ..infer.torch_paths import strict_fp32
+from ..specs import get_spec
+from .latency import device_name, set_threads, time_alternating
 
-BACKENDS = ("eager", "compile", "onnxruntime", "cudagraph")
 THROUGHPUT_BATCH = {"cpu": 32, "cuda": 256}
 RECORD_FIELDS = (
     "model", "precision", "backend", "device", "batch_size", "ms_median", "ms_min", "ms_max", "images_per_s",
     "peak_mem_mb",
 )  # fmt: skip
 COMPARE_FIELDS = ("timm_ms_median", "ratio")
-
-
-@dataclass(frozen=True)
-class InferencePath:
-    """How a model is run: weights and inputs in `precision`, through `backend`, on `device`."""
-
-    precision: str = "fp32"
-    backend: str = "eager"
-    device: str = "cpu"
-
-    def __post_init__(self):
-        dtype_of(self.precision)
-        if self.backend not in BACKENDS:
-            raise ValueError(f"unknown backend {self.backend!r}; choose {', '.join(BACKENDS)}")
-        on_cuda = torch.device(self.device).type == "cuda"
-        if on_cuda and not torch.cuda.is_available():
-            raise ValueError("device cuda: no CUDA device here")
-        if self.backend == "cudagraph" and not on_cuda:
-            raise ValueError("the cudagraph backend needs device cuda")
-        if self.backend == "onnxruntime" and self.precision != "fp32":
-            raise ValueError("the onnxruntime path runs fp32 only")
-
-    @classmethod
-    def parse(cls, text: str, device: str) -> "InferencePath":
-        """"PRECISION-BACKEND", e.g. "fp32-eager" or "bf16-cudagraph", on `device`."""
-        precision, _, backend = text.partition("-")
-        return cls(precision, backend or "eager", device)
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return dtype_of(self.precision)
-
-    def fields(self) -> dict:
-        return {"precision": self.precision, "backend": self.backend, "device": self.device}
-
-    def runner(self, model: nn.Module, workdir: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-        """`model` (fp32, eval, on the device) put in this precision (in place) and wrapped for this backend."""
-        model = to_precision(model.eval(), self.precision)
-        if self.backend == "eager":
-            return model
-        if self.backend == "compile":
-            return compile_model(model, self.device)
-        if self.backend == "cudagraph":
-            return CudaGraphs(model)
-        from .export import OrtRunner, export_onnx
-
-        onnx_file = export_onnx(model, workdir / f"{type(model).__module__.split('.')[0]}-{id(model)}.onnx")
-        return OrtRunner(onnx_file, self.device)
 
 
 def _ms(value: float) -> float:
@@ -96,21 +48,26 @@ def _random_images(model: nn.Module, batch_size: int) -> torch.Tensor:
     return torch.randn(batch_size, *image_shape(model), generator=gen).to(next(model.parameters()).device)
 
 
-def _fidelity_images(name: str, model: nn.Module) -> tuple[torch.Tensor, str]:
-    photos = sample_photos(name, model.cfg.img_size)
+def _fidelity_images(loaded: LoadedModel) -> tuple[torch.Tensor, str]:
+    model = loaded.model
+    photos = sample_photos(None, transform=loaded.transform())
     if photos is None:
         return _random_images(model, 8), "8 random images"
     return photos.to(next(model.parameters()).device), f"{len(photos)} scikit-image photos"
 
 
-def _build(name: str, device: str, weights: str | None) -> nn.Module:
+def _build(name: str, device: str, weights: str | None) -> LoadedModel:
+    if Path(name).is_dir():  # a trained run: its own weights
+        loaded = load_model(name, weights)
+        loaded.model.to(device)
+        return loaded
     with torch.device(device):  # parameters made (and initialised) on the device itself
         model = create_model(name, weights=weights) if weights else lively_init_(create_model(name))
-    return model.eval()
+    return LoadedModel(model.eval(), model.model_name, name)
 
 
 def _timm_twin(model: nn.Module) -> tuple[nn.Module, dict]:
-    from .timm_ref import check_twin, timm_twin, uses_default_attention
+    from .timm_twin import check_twin, timm_twin, uses_default_attention
 
     twin = timm_twin(model)
     info = {
@@ -131,35 +88,42 @@ def _bench_model(
     runs: int,
     twin_path: InferencePath | None,
     weights: str | None,
+    calibration_source,
+    calibration_size: int,
     quiet_wait_s: float,
     say: Callable[[str], None],
     workdir: Path,
 ) -> list[dict]:
     """The records of one model (see `bench`); `sizes`: (batch size, is the throughput figure)."""
-    model = _build(name, path.device, weights)
+    loaded = _build(name, path.device, weights)
+    model = loaded.model
     fidelity = (path.precision, path.backend) != ("fp32", "eager")
     if fidelity:  # fp32 eager's logits, before the model is converted in place
-        photos, photos_note = _fidelity_images(name, model)
+        photos, photos_note = _fidelity_images(loaded)
         reference = model(photos)
+    calibration = None
+    if path.precision == "int8":
+        calibration = photos
+        if calibration_source:
+            calibration = calibration_images(calibration_source, loaded.transform(), calibration_size)
     if twin_path is not None:
         twin, twin_info = _timm_twin(model)
-        twin_run = twin_path.runner(twin, workdir)
+        twin_run = build_path(twin, twin_path.precision, twin_path.backend, twin_path.device, calibration, workdir / "timm")
         twin_info.update({f"timm_{k}": v for k, v in twin_path.fields().items() if k != "device"})
-    run = path.runner(model, workdir)
-    common = {"model": name, **path.fields(), "device_name": device_name(path.device)}
+    run = build_path(model, path.precision, path.backend, path.device, calibration, workdir / "vitzoo")
+    common = {"model": loaded.name if loaded.name != "custom" else name, **path.fields(), "device_name": device_name(path.device), "path_notes": run.notes}
     records = []
     for bs, throughput in sizes:
         say(f"{name} {path.precision} {path.backend} {path.device} batch {bs}")
-        x = torch.randn(bs, *image_shape(model), device=path.device, dtype=path.dtype)
+        x = torch.randn(bs, *image_shape(model), device=path.device)
         candidates = {"vitzoo": lambda: run(x)}
         if twin_path is not None:
-            x_twin = x.to(twin_path.dtype)
-            candidates["timm"] = lambda: twin_run(x_twin)
+            candidates["timm"] = lambda: twin_run(x)
         timings = time_alternating(candidates, bs, path.device, warmup, runs, quiet_wait_s)
         record = {**common, "batch_size": bs, **_timing_fields(timings["vitzoo"]), "runs": runs, "warmup": warmup}
         if timings["vitzoo"].contended_runs is not None:
             record["contended_runs"] = timings["vitzoo"].contended_runs
-        seed_ms = None if throughput else get_spec(name).seed.latency_ms.get(bs)
+        seed_ms = None if throughput or loaded.name == "custom" else get_spec(loaded.name).seed.latency_ms.get(bs)
         record.update(throughput=throughput, seed_v100_ms=seed_ms)
         if twin_path is not None:
             ratio = round(timings["vitzoo"].ms_median / timings["timm"].ms_median, 4)
@@ -168,7 +132,7 @@ def _bench_model(
     if fidelity:  # at a batch size already compiled/captured, the photos repeated to fill it
         bs = max(bs for bs, _ in sizes)
         pick = torch.arange(bs, device=photos.device) % len(photos)
-        cosine = round(logits_cosine(run(photos[pick].to(path.dtype)), reference[pick]), 6)
+        cosine = round(logits_cosine(run(photos[pick]), reference[pick]), 6)
         for record in records:
             record.update(cosine_vs_fp32_eager=cosine, fidelity_images=photos_note)
     return records
@@ -188,6 +152,8 @@ def bench(
     compare: str | None = None,
     timm_baseline: str = "same",
     weights: str | None = None,
+    calibration=None,
+    calibration_size: int = 300,
     quiet_wait_s: float = 0.0,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict]:
@@ -205,12 +171,15 @@ def bench(
     """
     device = str(torch.device(device))
     path = InferencePath(precision, backend, device)
+    reason = path.unavailable_reason()
+    if reason:
+        raise PathUnavailable(reason)
     if compare not in (None, "timm"):
         raise ValueError(f"unknown comparison {compare!r}; only 'timm' is known")
     twin_path = None
     if compare:
         twin_path = path if timm_baseline == "same" else InferencePath.parse(timm_baseline, device)
-    names = [get_spec(name).name for name in models]
+    names = [name if Path(name).is_dir() else get_spec(name).name for name in models]
     set_threads(threads)
     if torch.device(device).type == "cuda":
         strict_fp32()  # fp32 runs, vitzoo's and timm's, without TF32
@@ -224,6 +193,7 @@ def bench(
         records = []
         for name in names:
             records += _bench_model(
-                name, path, sizes, warmup, runs, twin_path, weights, quiet_wait_s, say, Path(tmp)
+                name, path, sizes, warmup, runs, twin_path, weights, calibration, calibration_size, quiet_wait_s, say,
+                Path(tmp),
             )  # fmt: skip
         return records

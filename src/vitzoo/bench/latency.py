@@ -17,6 +17,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from ..infer.paths import image_shape
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -121,6 +123,11 @@ def wait_for_quiet_cpu(max_wait_s: float, busy_below: float = 0.2, window_s: flo
             return False
 
 
+def set_threads(threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
 # -- timing -----------------------------------------------------------------------------------------------------------
 @torch.inference_mode()
 def time_alternating(
@@ -164,14 +171,6 @@ def time_alternating(
                 peaks[name] = _peak_memory_mb(device)
     contended_runs = contended if wait else None
     return {name: Timing.of(batch_size, times[name], round(peaks[name], 1), contended_runs) for name in names}
-
-
-def image_shape(model: nn.Module) -> tuple[int, int, int]:
-    """(C, H, W) the model takes; vitzoo's and timm's ViTs alike (both keep them on their patch embedding)."""
-    embed = model.patch_embed
-    size = embed.img_size
-    height, width = (size, size) if isinstance(size, int) else size
-    return embed.proj.in_channels, height, width
 
 
 def random_images(model: nn.Module, batch_size: int, device=None, dtype=None) -> torch.Tensor:

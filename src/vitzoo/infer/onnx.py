@@ -2,8 +2,8 @@
 
 torch's dynamo exporter writes `F.scaled_dot_product_attention` out as MatMul/Softmax/MatMul at opsets 18-22
 (the default, 18, runs on any current runtime) and as ONNX's own Attention operator at opset 23, which recent
-onnxruntime runs fused; both measured alike on CPU. vitzoo models are exported through `forward_logits`: the last
-block computes only the prefix tokens.
+onnxruntime runs fused; both measured alike on CPU. vitzoo models are exported through their trimmed forward
+(`TrimmedLogits`): the last block computes only the prefix tokens.
 """
 
 from __future__ import annotations
@@ -13,21 +13,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .latency import image_shape
+from ..model import VisionTransformer
+from .fastpath import TrimmedLogits
+from .paths import image_shape
 
 DEFAULT_OPSET = 18
-
-
-class _Logits(nn.Module):
-    """The graph to export: images -> logits (vitzoo's `forward_logits` where the model has it)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        forward = getattr(self.model, "forward_logits", self.model.forward)
-        return forward(images)
 
 
 def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, example_batch: int = 2) -> Path:
@@ -39,7 +29,7 @@ def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, 
     param = next(model.parameters())
     example = torch.randn(example_batch, *image_shape(model), device=param.device, dtype=param.dtype)
     torch.onnx.export(
-        _Logits(model).eval(), (example,), str(path), dynamo=True, opset_version=opset,
+        TrimmedLogits(model) if isinstance(model, VisionTransformer) else model, (example,), str(path), dynamo=True, opset_version=opset,
         input_names=["images"], output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
         verbose=False,
     )  # fmt: skip

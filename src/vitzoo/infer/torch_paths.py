@@ -1,7 +1,7 @@
-"""Fast inference paths: weights in bf16/fp16, torch.compile, CUDA graphs.
+"""The torch backends' pieces: weights in bf16/fp16, torch.compile, CUDA graphs.
 
-Each takes an eval-mode model (vitzoo's or any nn.Module mapping images to logits) and gives something to call on a
-batch under torch.inference_mode. Their fidelity against fp32 eager is checked in tests/test_bench_fast.py.
+Each takes an eval-mode module (vitzoo's, its trimmed forward, or any nn.Module mapping images to logits) and gives
+something to call on a batch under torch.inference_mode. `vitzoo.infer.build_path` puts them together.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def dtype_of(precision: str) -> torch.dtype:
     try:
-        return PRECISIONS[precision]
+        return TORCH_DTYPES[precision]
     except KeyError:
-        raise ValueError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}") from None
+        raise ValueError(f"{precision!r} is not a torch weight precision; choose {', '.join(TORCH_DTYPES)}") from None
 
 
 def to_precision(model: nn.Module, precision: str) -> nn.Module:

@@ -20,16 +20,19 @@ SAMPLE_PHOTOS = (
 )  # fmt: skip
 
 
-def sample_photos(name: str, img_size: int | None = None, limit: int = len(SAMPLE_PHOTOS)) -> torch.Tensor | None:
-    """[n, 3, H, W] real photographs through model `name`'s eval transform; None without scikit-image."""
+def sample_photos(
+    name: str | None, img_size: int | None = None, limit: int = len(SAMPLE_PHOTOS), transform=None
+) -> torch.Tensor | None:
+    """[n, 3, H, W] real photographs through model `name`'s eval transform (or `transform`); None without
+    scikit-image."""
     try:
         import skimage.data
     except ImportError:
         return None
-    from .data.transforms import eval_transform
+    from ..data.transforms import eval_transform
 
     folder = Path(skimage.data.__file__).parent
-    transform = eval_transform(name, img_size=img_size)
+    transform = transform or eval_transform(name, img_size=img_size)
     return torch.stack([transform(folder / f) for f in SAMPLE_PHOTOS[:limit]])
 
 

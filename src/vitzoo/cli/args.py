@@ -1,0 +1,69 @@
+"""Argument types and flag groups shared by vitzoo's subcommands (no subcommand imports this package's main)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..infer.paths import BACKENDS, PRECISIONS
+from ..specs import list_models
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def model_list(text: str) -> list[str]:
+    """Comma-separated names or globs (case-insensitive), each of which must match a model, or run folders."""
+    names = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        if Path(item).is_dir():  # a trained run's output folder
+            names.append(item)
+            continue
+        matched = list_models(item) if any(c in item for c in "*?[") else [item]
+        if not matched:
+            raise argparse.ArgumentTypeError(f"no model matches {item!r}; known models: {', '.join(list_models())}")
+        names += matched
+    return names
+
+
+MODEL_HELP = "a model name (vitzoo models), or a `vitzoo train` output folder (its architecture, weights and classes)"
+
+
+def add_path_arguments(parser: argparse.ArgumentParser, calibration: bool = True) -> None:
+    """--precision, --backend, --device (and int8's --calibration): the inference path to run through."""
+    group = parser.add_argument_group("inference path (vitzoo.infer)")
+    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="fp32, bf16, fp16 (weights and activations), int8 (static, calibrated)")  # fmt: skip
+    group.add_argument("--backend", choices=BACKENDS,
+                       help="eager (the model as written; default), fast (trimmed, fused eager), compile "
+                       "(torch.compile), cudagraph, onnxruntime, openvino (default for int8)")  # fmt: skip
+    group.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    if calibration:
+        group.add_argument("--calibration", metavar="FOLDER|LIST|IMAGE",
+                           help="int8: images whose activations set the quantization ranges (a folder, any layout, "
+                           "or a list file)")  # fmt: skip
+        group.add_argument("--calibration-size", type=int, default=300, metavar="N",
+                           help="int8: at most N calibration images, spread over the source (default 300)")
+
+
+def build_runner(args, loaded, workdir=None):
+    """The inference path the flags name, built for `loaded` (a LoadedModel); int8 calibrated on --calibration."""
+    from ..infer import build_path, calibration_images
+
+    calibration = None
+    if args.precision == "int8":
+        if not getattr(args, "calibration", None):
+            raise ValueError("--precision int8 needs --calibration FOLDER|LIST: images to calibrate activations on")
+        calibration = calibration_images(args.calibration, loaded.transform(getattr(args, "protocol", None)),
+                                         args.calibration_size)  # fmt: skip
+    device = getattr(args, "run_device", None) or args.device
+    return build_path(loaded.model, args.precision, args.backend, device, calibration, workdir)
