@@ -99,7 +99,7 @@ def _eval(args, ctx) -> int:
         "path_notes": runner.notes, **result, "batch_size": args.batch_size, "device": str(args.run_device),
     }  # fmt: skip
     seed_note = ""
-    if loaded.name != "custom" and loaded.model.num_classes == 1000:
+    if loaded.name != "custom":
         seed = get_spec(loaded.name).seed
         record["seed"] = {"top1": seed.top1, "top5": seed.top5, "ref_top1": seed.ref_top1, "ref_top5": seed.ref_top5}
         seed_note = f" (seed {seed.top1:.4f} / {seed.top5:.4f})"
