@@ -98,14 +98,14 @@ def _eval(args, ctx) -> int:
         "protocol": protocol, "precision": runner.path.precision, "backend": runner.path.backend,
         "path_notes": runner.notes, **result, "batch_size": args.batch_size, "device": str(args.run_device),
     }  # fmt: skip
-    seed_note = ""
+    seed1 = seed5 = ""
     if loaded.name != "custom":
         seed = get_spec(loaded.name).seed
         record["seed"] = {"top1": seed.top1, "top5": seed.top5, "ref_top1": seed.ref_top1, "ref_top5": seed.ref_top5}
-        seed_note = f" (seed {seed.top1:.4f} / {seed.top5:.4f})"
+        seed1, seed5 = f" (seed {seed.top1:.4f})", f" (seed {seed.top5:.4f})"
     print(
         f"{loaded.name} on {result['images']} images ({result['skipped']} skipped), protocol {protocol}, "
-        f"{runner.path.name}: Top-1 {result['top1']:.4f}  Top-5 {result['top5']:.4f}{seed_note}  "
+        f"{runner.path.name}: Top-1 {result['top1']:.4f}{seed1}  Top-5 {result['top5']:.4f}{seed5}  "
         f"loss {result['loss']:.4f}  {result['images_per_s']:.1f} img/s"
     )
     if args.output:
@@ -129,7 +129,7 @@ def _cmd_predict(args) -> int:
 
     _need_weights(args)
     loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
-    classes = loaded.class_names()
+    classes = loaded.classes  # None: ImageNet's (with wnids) for a 1000-class output, else indices
     if args.class_names:
         classes = [line.strip() for line in open(args.class_names, encoding="utf-8") if line.strip()]
     runner = build_runner(args, loaded)

@@ -1,0 +1,498 @@
+"""vitzoo's CPU inference paths against the engines people deploy with: OpenVINO, ONNX Runtime, Paddle Inference, timm.
+
+Every engine holds the same weights (one random O(1)-activation state dict, `lively_init_`) and runs in its own
+process, so that no engine's thread pool (OpenMP, oneDNN, TBB, ONNX Runtime) taxes another: the processes take
+turns, one timed at a time, and before each turn the parent waits for the whole CPU to go idle (the last engine's
+spinning threads asleep). Rounds alternate the order (A B C, C B A, ...); an engine's figure is the best of its
+round medians. Each engine also classifies real photographs (scikit-image's samples through the model's seed
+preprocessing), scored by the cosine of its logits to vitzoo fp32 eager's and top-1 agreement.
+
+    python benchmarks/cpu_engines.py [--models DeiT_small_patch16_224,ViT_base_patch16_224] [--batch-sizes 1,8]
+        [--threads 2] [--rounds 3] [--runs 5] [--no-digits] [--out benchmarks]
+
+Writes cpu_engines.json and cpu_engines.md: ms per batch, images/s, ratios against the peers and the issue's
+targets (met or missed), cosine to fp32, with the command, date, CPU flags and every engine's version. With digits
+(default), also trains benchmarks/train_digits.py's model and evaluates it with `vitzoo eval` in fp32, bf16 and int8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+# engine -> (family, precision, how it is built). vitzoo's paths are its own backends; the peers are what a user runs.
+ENGINES = {
+    "vitzoo fp32-eager": ("vitzoo", "fp32", "eager"),
+    "vitzoo fp32-fast": ("vitzoo", "fp32", "fast"),
+    "vitzoo fp32-compile": ("vitzoo", "fp32", "compile"),
+    "vitzoo fp32-openvino": ("vitzoo", "fp32", "openvino"),
+    "vitzoo bf16-fast": ("vitzoo", "bf16", "fast"),
+    "vitzoo bf16-compile": ("vitzoo", "bf16", "compile"),
+    "vitzoo bf16-openvino": ("vitzoo", "bf16", "openvino"),
+    "vitzoo int8-openvino": ("vitzoo", "int8", "openvino"),
+    "timm fp32-eager": ("timm", "fp32", "eager"),
+    "timm bf16-eager": ("timm", "bf16", "eager"),
+    "openvino f32 (timm's ONNX)": ("timm", "fp32", "openvino"),
+    "openvino bf16 (timm's ONNX)": ("timm", "bf16", "openvino"),
+    "openvino int8 (timm's ONNX, NNCF)": ("timm", "int8", "openvino"),
+    "onnxruntime fp32 (timm's ONNX)": ("timm", "fp32", "onnxruntime"),
+    "paddle fp32 (Paddle Inference, oneDNN)": ("paddle", "fp32", "paddle"),
+    "paddle bf16 (Paddle Inference, oneDNN)": ("paddle", "bf16", "paddle"),
+}
+# engines timed together (each group's rounds alternate among its members); int8 is set against vitzoo's bf16
+GROUPS = {
+    "fp32": [e for e, (_, p, _) in ENGINES.items() if p == "fp32"],
+    "bf16": [e for e, (_, p, _) in ENGINES.items() if p == "bf16"],
+    "int8": ["vitzoo int8-openvino", "openvino int8 (timm's ONNX, NNCF)", "vitzoo bf16-compile"],
+}
+COMPARE = {"timm": "timm", "openvino": "openvino", "onnxruntime": "onnxruntime", "paddle": "paddle"}
+
+
+# -- the worker: one engine in its own process ------------------------------------------------------------------------
+def _worker(spec: dict) -> None:
+    """Build one engine, warm it at each batch size, classify the photos, then time on request (JSON lines)."""
+    torch.set_num_threads(spec["threads"])
+    import vitzoo
+    from safetensors.torch import load_file
+
+    family, precision, backend = ENGINES[spec["engine"]]
+    model = vitzoo.create_model(spec["model"]).eval()
+    model.load_state_dict(load_file(spec["weights"]))
+    calibration = torch.from_numpy(np.load(spec["calibration"])) if precision == "int8" else None
+    photos = torch.from_numpy(np.load(spec["photos"]))
+    start = time.perf_counter()
+    if family == "paddle":
+        from vitzoo.bench.paddle_inference import PaddlePredictor, export_paddle
+
+        prefix = export_paddle(model, str(Path(spec["workdir"]) / "paddle" / "model"))
+        run = PaddlePredictor(prefix, precision, threads=spec["threads"])
+    else:
+        from vitzoo.infer import build_path
+
+        if family == "timm":
+            from vitzoo.bench.timm_twin import timm_twin
+
+            model = timm_twin(model)
+        run = build_path(model, precision, backend, "cpu", calibration, Path(spec["workdir"]) / spec["slug"])
+    inputs = {bs: torch.randn(bs, *photos.shape[1:], generator=torch.Generator().manual_seed(bs))
+              for bs in spec["batch_sizes"]}  # fmt: skip
+    with torch.inference_mode():
+        for x in inputs.values():  # first calls compile, pack weights, create primitives
+            for _ in range(spec["warmup"]):
+                run(x)
+        logits = run(photos).float()
+    np.save(spec["logits_out"], logits.numpy())
+    _send({"ready": True, "build_s": round(time.perf_counter() - start, 1), "notes": getattr(run, "notes", "")})
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("quit"):
+            break
+        x = inputs[request["batch_size"]]
+        times = []
+        with torch.inference_mode():
+            for _ in range(request["runs"]):
+                tick = time.perf_counter()
+                run(x)
+                times.append((time.perf_counter() - tick) * 1000.0)
+        _send({"times_ms": times})
+
+
+def _send(message: dict) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+class Engine:
+    """The parent's handle on one worker process."""
+
+    def __init__(self, spec: dict, log):
+        self.name = spec["engine"]
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=log, text=True,
+            # set before any import: Paddle's oneDNN takes its thread count from it at start (and paddle sets it to 1
+            # in os.environ when it is unset)
+            env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(spec["threads"])),
+        )  # fmt: skip
+        self.ready = self._receive()
+
+    def _receive(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name}: the worker died (exit {self.proc.wait()}); see the log")
+        return json.loads(line)
+
+    def time(self, batch_size: int, runs: int) -> list[float]:
+        self.proc.stdin.write(json.dumps({"batch_size": batch_size, "runs": runs}) + "\n")
+        self.proc.stdin.flush()
+        return self._receive()["times_ms"]
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+# -- the parent ---------------------------------------------------------------------------------------------------------
+def unavailable(engine: str) -> str | None:
+    family, precision, backend = ENGINES[engine]
+    if family == "paddle":
+        from vitzoo.bench.paddle_inference import unavailable_reason
+
+        return unavailable_reason(precision)
+    from vitzoo.infer import InferencePath
+
+    if family == "timm":
+        try:
+            import timm  # noqa: F401
+        except ImportError:
+            return "timm is not installed"
+    return InferencePath(precision, backend, "cpu").unavailable_reason()
+
+
+def fidelity_photos(name: str) -> torch.Tensor:
+    from vitzoo.infer import sample_photos
+
+    return sample_photos(name)
+
+
+def calibration_set(name: str) -> torch.Tensor:
+    """Every photograph scikit-image ships (colour and grey), seed-preprocessed, and each mirrored: the same
+    calibration images for vitzoo's int8 and OpenVINO's NNCF."""
+    import skimage.data
+
+    from vitzoo import eval_transform
+    from vitzoo.data.transforms import BadImageError
+
+    transform = eval_transform(name)
+    folder = Path(skimage.data.__file__).parent
+    images = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() in (".png", ".jpg"):
+            try:
+                images.append(transform(path))
+            except BadImageError:
+                continue
+    batch = torch.stack(images)
+    return torch.cat([batch, batch.flip(-1)])
+
+
+def time_group(engines: dict[str, Engine], batch_size: int, rounds: int, runs: int, quiet_s: float) -> dict:
+    from vitzoo.bench.latency import wait_for_quiet_cpu
+
+    names = list(engines)
+    medians = {n: [] for n in names}
+    all_times = {n: [] for n in names}
+    contended = 0
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            if not wait_for_quiet_cpu(quiet_s):
+                contended += 1
+            times = engines[name].time(batch_size, runs)
+            medians[name].append(statistics.median(times))
+            all_times[name] += times
+    return {
+        n: {"ms": round(min(medians[n]), 3), "round_medians_ms": [round(m, 3) for m in medians[n]],
+            "ms_min": round(min(all_times[n]), 3), "ms_max": round(max(all_times[n]), 3),
+            "images_per_s": round(1000.0 * batch_size / min(medians[n]), 2), "contended_turns": contended}
+        for n in names
+    }  # fmt: skip
+
+
+def cosine_and_agreement(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    a, b = torch.from_numpy(logits).float(), torch.from_numpy(reference).float()
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
+    agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
+    return round(cosine, 6), round(agree, 4)
+
+
+def bench_model(name: str, args, workdir: Path, log) -> list[dict]:
+    from safetensors.torch import save_file
+
+    import vitzoo
+    from vitzoo.infer import lively_init_
+
+    model = lively_init_(vitzoo.create_model(name)).eval()
+    weights = workdir / f"{name}.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    photos, calibration = fidelity_photos(name), calibration_set(name)
+    np.save(workdir / "photos.npy", photos.numpy())
+    np.save(workdir / "calibration.npy", calibration.numpy())
+    with torch.inference_mode():
+        reference = model(photos).numpy()
+    del model
+    records = []
+    for group, members in GROUPS.items():
+        engines, skipped = {}, {}
+        try:
+            for engine in members:
+                if engine in args.skip_engines:
+                    continue
+                reason = unavailable(engine)
+                if reason:
+                    print(f"  {engine}: skipped: {reason}", flush=True)
+                    skipped[engine] = reason
+                    continue
+                slug = "".join(c if c.isalnum() else "_" for c in engine)
+                spec = {
+                    "engine": engine, "model": name, "weights": str(weights), "photos": str(workdir / "photos.npy"),
+                    "calibration": str(workdir / "calibration.npy"), "threads": args.threads, "slug": slug,
+                    "batch_sizes": args.batch_sizes, "warmup": args.warmup, "workdir": str(workdir),
+                    "logits_out": str(workdir / f"{slug}.logits.npy"),
+                }  # fmt: skip
+                tick = time.perf_counter()
+                engines[engine] = Engine(spec, log)  # built one at a time: builds never share the CPU
+                print(f"  {engine}: built in {time.perf_counter() - tick:.0f} s", flush=True)
+            for bs in args.batch_sizes:
+                timings = time_group(engines, bs, args.rounds, args.runs, args.quiet_s)
+                for engine, t in timings.items():
+                    family, precision, backend = ENGINES[engine]
+                    logits = np.load(workdir / f"{''.join(c if c.isalnum() else '_' for c in engine)}.logits.npy")
+                    cosine, agree = cosine_and_agreement(logits, reference)
+                    records.append({
+                        "model": name, "batch_size": bs, "group": group, "engine": engine, "family": family,
+                        "precision": precision, "backend": backend, **t, "cosine_vs_fp32": cosine,
+                        "top1_agreement": agree, "build_s": engines[engine].ready["build_s"],
+                        "notes": engines[engine].ready.get("notes", ""),
+                    })  # fmt: skip
+                    print(f"  {name} bs{bs} {engine}: {t['ms']:.1f} ms, cosine {cosine}", flush=True)
+                for engine, reason in skipped.items():
+                    records.append({"model": name, "batch_size": bs, "group": group, "engine": engine,
+                                    "skipped": reason})  # fmt: skip
+        finally:
+            for engine in engines.values():
+                engine.close()
+    return records
+
+
+# -- targets ------------------------------------------------------------------------------------------------------------
+def _ms(records, model, bs, group, engine):
+    for r in records:
+        if (r["model"], r["batch_size"], r["group"], r["engine"]) == (model, bs, group, engine) and "ms" in r:
+            return r["ms"]
+    return None
+
+
+def _best_vitzoo(records, model, bs, group, precision, exclude_openvino=False):
+    cands = [r for r in records if (r["model"], r["batch_size"], r["group"]) == (model, bs, group)
+             and r.get("family") == "vitzoo" and r["precision"] == precision and "ms" in r
+             and not (exclude_openvino and r["backend"] == "openvino")]  # fmt: skip
+    return min(cands, key=lambda r: r["ms"]) if cands else None
+
+
+def targets(records: list[dict], models, batch_sizes) -> list[dict]:
+    """The issue's targets, each as measured: ratio of times, the bound, met or missed (or not measured)."""
+    out = []
+
+    def check(what, model, bs, num, den, bound, num_name, den_name):
+        if num is None or den is None:
+            out.append({"target": what, "model": model, "batch_size": bs, "met": None, "why": "not measured"})
+            return
+        ratio = round(num / den, 3)
+        out.append({"target": what, "model": model, "batch_size": bs, "ratio": ratio, "bound": bound,
+                    "met": ratio <= bound, "numerator": num_name, "denominator": den_name})  # fmt: skip
+
+    for model in models:
+        for bs in batch_sizes:
+            for precision, peer, bound in (("fp32", "openvino f32 (timm's ONNX)", 0.90),
+                                           ("bf16", "openvino bf16 (timm's ONNX)", 0.85)):  # fmt: skip
+                best = _best_vitzoo(records, model, bs, precision, precision)
+                check(f"{precision}: fastest vitzoo path <= {bound}x {peer}", model, bs,
+                      best and best["ms"], _ms(records, model, bs, precision, peer), bound,
+                      best and best["engine"], peer)  # fmt: skip
+                own = _ms(records, model, bs, precision, f"vitzoo {precision}-openvino")
+                native = _best_vitzoo(records, model, bs, precision, precision, exclude_openvino=True)
+                check(f"{precision}: fastest torch-native vitzoo path never slower than OpenVINO on vitzoo's export",
+                      model, bs, native and native["ms"], own, 1.0, native and native["engine"],
+                      f"vitzoo {precision}-openvino")  # fmt: skip
+                paddle = f"paddle {precision} (Paddle Inference, oneDNN)"
+                check(f"{precision}: vitzoo faster than Paddle Inference", model, bs, best and best["ms"],
+                      _ms(records, model, bs, precision, paddle), 0.999, best and best["engine"], paddle)
+            int8 = _ms(records, model, bs, "int8", "vitzoo int8-openvino")
+            check("int8 <= 0.60x vitzoo bf16 + compile", model, bs, int8,
+                  _ms(records, model, bs, "int8", "vitzoo bf16-compile"), 0.60, "vitzoo int8-openvino",
+                  "vitzoo bf16-compile")  # fmt: skip
+            check("int8 <= 0.90x OpenVINO int8 (NNCF) on timm's export", model, bs, int8,
+                  _ms(records, model, bs, "int8", "openvino int8 (timm's ONNX, NNCF)"), 0.90, "vitzoo int8-openvino",
+                  "openvino int8 (timm's ONNX, NNCF)")  # fmt: skip
+            for r in records:
+                if (r["model"], r["batch_size"], r["engine"]) == (model, bs, "vitzoo int8-openvino") and "ms" in r:
+                    out.append({"target": "int8 logits cosine to fp32 >= 0.995 on real photographs", "model": model,
+                                "batch_size": bs, "value": r["cosine_vs_fp32"], "bound": 0.995,
+                                "met": r["cosine_vs_fp32"] >= 0.995})  # fmt: skip
+    return out
+
+
+# -- the digits model in fp32, bf16 and int8 through `vitzoo eval` ------------------------------------------------------
+def digits_accuracy(workdir: Path, epochs: int, threads: int) -> dict:
+    sys.path.insert(0, str(HERE))
+    from train_digits import run, train_command, write_digits
+
+    train_dir, val_dir = write_digits(workdir / "digits")
+    output = workdir / "digits_run"
+    result, seconds = run(train_command(train_dir, val_dir, output, epochs))
+    print(f"digits: trained {epochs} epochs in {seconds:.0f} s, val top-1 {result['metrics']['val_top1']:.4f}")
+    evals = {}
+    for precision, backend in (("fp32", "eager"), ("bf16", "fast"), ("int8", "openvino")):
+        out = workdir / f"digits_eval_{precision}.json"
+        command = ["vitzoo", "eval", "--model", str(output), "--data", str(val_dir), "--precision", precision,
+                   "--backend", backend, "--threads", str(threads), "--workers", "0", "-q", "--output", str(out)]
+        if precision == "int8":
+            command += ["--calibration", str(train_dir)]
+        proc = subprocess.run([sys.executable, "-m", "vitzoo", *command[1:]], capture_output=True, text=True)
+        if proc.returncode:
+            evals[precision] = {"error": proc.stderr.strip().splitlines()[-1:], "command": shlex.join(command)}
+            continue
+        record = json.loads(out.read_text())
+        evals[precision] = {"top1": record["top1"], "top5": record["top5"], "images": record["images"],
+                            "backend": backend, "command": shlex.join(command).replace(str(workdir), "$WORK")}
+    fp32, int8 = evals.get("fp32", {}).get("top1"), evals.get("int8", {}).get("top1")
+    gap = None if fp32 is None or int8 is None else round(100 * (fp32 - int8), 3)
+    return {
+        "model": "benchmarks/train_digits.py's custom ViT (width 64, depth 4, 32x32), no distillation",
+        "epochs": epochs, "train_val_top1": result["metrics"]["val_top1"], "eval": evals,
+        "int8_gap_points": gap, "target": "int8 top-1 within 0.5 point of fp32", "met": gap is not None and gap <= 0.5,
+    }  # fmt: skip
+
+
+# -- reports --------------------------------------------------------------------------------------------------------
+def environment() -> dict:
+    def version(package):
+        try:
+            return importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    from vitzoo.bench.latency import device_name
+    from vitzoo.infer.paths import _cpu_flags
+
+    flags = sorted(f for f in _cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c")))
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": device_name("cpu"),
+        "cpu_flags": flags, "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("vitzoo", "torch", "timm", "openvino", "nncf", "onnxruntime",
+                                              "paddlepaddle", "paddleclas")},
+    }  # fmt: skip
+
+
+def to_markdown(doc: dict) -> str:
+    env = doc["environment"]
+    lines = [
+        "# CPU engines: vitzoo's inference paths against OpenVINO, ONNX Runtime, Paddle Inference and timm", "",
+        f"`{doc['command']}` on {env['date']}: {env['cpu']}; flags {' '.join(env['cpu_flags'])}.",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".", "",
+        doc["method"], "",
+    ]  # fmt: skip
+    for model in doc["models"]:
+        for bs in doc["batch_sizes"]:
+            lines += [f"## {model}, batch {bs}", "",
+                      "| group | engine | ms | images/s | vs vitzoo fp32 eager | cosine to fp32 | top-1 agree | notes |",
+                      "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            base = _ms(doc["records"], model, bs, "fp32", "vitzoo fp32-eager")
+            for r in doc["records"]:
+                if (r["model"], r["batch_size"]) != (model, bs):
+                    continue
+                if "skipped" in r:
+                    lines.append(f"| {r['group']} | {r['engine']} | skipped: {r['skipped']} | | | | | |")
+                    continue
+                rel = f"{r['ms'] / base:.3f}" if base else "-"
+                lines.append(f"| {r['group']} | {r['engine']} | {r['ms']:.1f} | {r['images_per_s']:.1f} | {rel} | "
+                             f"{r['cosine_vs_fp32']:.6f} | {r['top1_agreement']:.3f} | {r['notes']} |")
+            lines.append("")
+    lines += ["## Targets", "", "| target | model | batch | measured | bound | met |", "|---|---|---|---|---|---|"]
+    for t in doc["targets"]:
+        value = t.get("ratio", t.get("value", "-"))
+        who = f" ({t['numerator']} / {t['denominator']})" if "numerator" in t else ""
+        met = {True: "met", False: "**missed**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['target']}{who} | {t['model']} | {t['batch_size']} | {value} | {t.get('bound', '-')} | {met} |")
+    if doc.get("digits"):
+        d = doc["digits"]
+        lines += ["", "## int8 on real data: the digits model through `vitzoo eval`", "",
+                  f"{d['model']}, {d['epochs']} epochs (training's own val top-1 {d['train_val_top1']:.4f}).", "",
+                  "| precision | backend | top-1 | top-5 | images |", "|---|---|---|---|---|"]  # fmt: skip
+        for precision, e in d["eval"].items():
+            if "error" in e:
+                lines.append(f"| {precision} | - | error: {e['error']} | | |")
+            else:
+                lines.append(f"| {precision} | {e['backend']} | {e['top1']:.4f} | {e['top5']:.4f} | {e['images']} |")
+        met = "met" if d["met"] else "**missed**"
+        lines += ["", f"int8 - fp32 gap: {d['int8_gap_points']} points ({d['target']}: {met}). "
+                  f"Commands: `{d['eval'].get('int8', {}).get('command', '-')}` and the same with fp32/bf16."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--models", default="DeiT_small_patch16_224,ViT_base_patch16_224")
+    parser.add_argument("--batch-sizes", default="1,8")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5, help="timed forwards per engine per round")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--quiet-s", type=float, default=10.0, help="wait up to this long for an idle CPU per turn")
+    parser.add_argument("--skip-engines", default="", help="comma-separated engine names to leave out")
+    parser.add_argument("--no-digits", dest="digits", action="store_false")
+    parser.add_argument("--digits-epochs", type=int, default=150)
+    parser.add_argument("--out", type=Path, default=HERE)
+    args = parser.parse_args()
+    if args.worker:
+        return _worker(json.loads(args.worker))
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    args.skip_engines = {e.strip() for e in args.skip_engines.split(",") if e.strip()}
+    command = "python benchmarks/cpu_engines.py " + shlex.join(sys.argv[1:])
+    doc = {
+        "command": command.strip(), "environment": environment(), "models": args.models,
+        "batch_sizes": args.batch_sizes, "threads": args.threads,
+        "method": (
+            f"Each engine in its own process with {args.threads} threads, built one at a time, then timed in turns: "
+            f"{args.rounds} rounds of {args.runs} forwards each, the order reversed every round, and before each "
+            "turn the parent waits for the whole CPU to go idle (other engines' spinning threads asleep), so no "
+            "engine's thread pool taxes another. ms: the best round median; random input, preprocessing not timed. "
+            "Same weights everywhere (random, O(1) activations). int8 engines are calibrated on the same images "
+            "(scikit-image's photographs, seed-preprocessed, and their mirror images). cosine: the lowest cosine of "
+            "an engine's logits to vitzoo fp32 eager's over 8 real photographs."
+        ),
+    }  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vitzoo-engines-") as tmp:
+        work = Path(tmp)
+        with open(args.out / "cpu_engines.log", "w") as log:
+            records = []
+            for name in args.models:
+                print(f"{name}:", flush=True)
+                model_dir = work / name
+                model_dir.mkdir()
+                records += bench_model(name, args, model_dir, log)
+        doc["records"] = records
+        doc["targets"] = targets(records, args.models, args.batch_sizes)
+        if args.digits:
+            doc["digits"] = digits_accuracy(work, args.digits_epochs, args.threads)
+    (args.out / "cpu_engines.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out / "cpu_engines.md").write_text(to_markdown(doc))
+    print(f"wrote {args.out / 'cpu_engines.json'} and {args.out / 'cpu_engines.md'}")
+
+
+if __name__ == "__main__":
+    main()
