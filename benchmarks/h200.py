@@ -79,7 +79,7 @@ def gpu_line() -> str:
 
 def plan(args) -> list[tuple[str, dict]]:
     """(model, bench keyword arguments) for every section, in the order they run."""
-    small_backend = "cudagraph" if args.device.startswith("cuda") else "eager"
+    small_backend = "cudagraph" if args.device.startswith("cuda") else "fast"
     common = {"device": args.device, "warmup": args.warmup, "runs": args.runs, "compare": "timm"}
     steps = []
     for name in args.models:
