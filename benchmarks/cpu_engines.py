@@ -68,6 +68,10 @@ COMPARE = {"timm": "timm", "openvino": "openvino", "onnxruntime": "onnxruntime",
 # -- the worker: one engine in its own process ------------------------------------------------------------------------
 def _worker(spec: dict) -> None:
     """Build one engine, warm it at each batch size, classify the photos, then time on request (JSON lines)."""
+    global _PROTOCOL
+    # the protocol keeps the real stdout; anything else written there (NNCF's progress, C libraries) goes to stderr
+    _PROTOCOL = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     torch.set_num_threads(spec["threads"])
     import vitzoo
     from safetensors.torch import load_file
@@ -114,9 +118,12 @@ def _worker(spec: dict) -> None:
         _send({"times_ms": times})
 
 
+_PROTOCOL = sys.stdout
+
+
 def _send(message: dict) -> None:
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    _PROTOCOL.write(json.dumps(message) + "\n")
+    _PROTOCOL.flush()
 
 
 class Engine:
@@ -419,7 +426,7 @@ def to_markdown(doc: dict) -> str:
                 lines.append(f"| {r['group']} | {r['engine']} | {r['ms']:.1f} | {r['images_per_s']:.1f} | {rel} | "
                              f"{r['cosine_vs_fp32']:.6f} | {r['top1_agreement']:.3f} | {r['notes']} |")
             lines.append("")
-    lines += ["## Targets", "", "| target | model | batch | measured | bound | met |", "|---|---|---|---|---|---|"]
+    lines += ["![ms per batch, every engine](cpu_engines.png)", "", "## Targets", "", "| target | model | batch | measured | bound | met |", "|---|---|---|---|---|---|"]
     for t in doc["targets"]:
         value = t.get("ratio", t.get("value", "-"))
         who = f" ({t['numerator']} / {t['denominator']})" if "numerator" in t else ""
@@ -439,6 +446,38 @@ def to_markdown(doc: dict) -> str:
         lines += ["", f"int8 - fp32 gap: {d['int8_gap_points']} points ({d['target']}: {met}). "
                   f"Commands: `{d['eval'].get('int8', {}).get('command', '-')}` and the same with fp32/bf16."]
     return "\n".join(lines) + "\n"
+
+
+def write_png(doc: dict, path: Path) -> Path | None:
+    """One panel per (model, batch): ms per engine, vitzoo's paths and the peers in their own colours."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    cells = [(m, b) for m in doc["models"] for b in doc["batch_sizes"]]
+    colours = {"vitzoo": "#1f77b4", "timm": "#ff7f0e", "paddle": "#2ca02c"}
+    fig, axes = plt.subplots(len(cells), 1, figsize=(9, 3.2 * len(cells)), squeeze=False)
+    for ax, (model, bs) in zip(axes[:, 0], cells):
+        rows = [r for r in doc["records"] if (r["model"], r["batch_size"]) == (model, bs) and "ms" in r]
+        rows.sort(key=lambda r: (["fp32", "bf16", "int8"].index(r["precision"]), r["ms"]))
+        seen, uniq = set(), []
+        for r in rows:  # vitzoo bf16-compile is timed in two groups: show it once
+            if r["engine"] not in seen:
+                seen.add(r["engine"])
+                uniq.append(r)
+        ax.barh(range(len(uniq)), [r["ms"] for r in uniq], color=[colours[r["family"]] for r in uniq])
+        ax.set_yticks(range(len(uniq)), [r["engine"] for r in uniq], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"{model}, batch {bs}: ms per batch (lower is better)", fontsize=9)
+        for i, r in enumerate(uniq):
+            ax.text(r["ms"], i, f" {r['ms']:.1f}", va="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main() -> None:
@@ -491,6 +530,7 @@ def main() -> None:
             doc["digits"] = digits_accuracy(work, args.digits_epochs, args.threads)
     (args.out / "cpu_engines.json").write_text(json.dumps(doc, indent=2) + "\n")
     (args.out / "cpu_engines.md").write_text(to_markdown(doc))
+    write_png(doc, args.out / "cpu_engines.png")
     print(f"wrote {args.out / 'cpu_engines.json'} and {args.out / 'cpu_engines.md'}")
 
 

@@ -194,3 +194,69 @@ def test_predict_json_names_imagenet_classes(tmp_path):
     text = run_cli(["predict", "--model", MODEL, "--weights", str(tmp_path / "w.safetensors"),
                     str(SAMPLES / "chelsea.png")], tmp_path).stdout  # fmt: skip
     assert top[0]["label"] in text
+
+
+# -- bulk predict: a folder into JSON lines, across processes, resumable ----------------------------------------------
+def predict_args(root, output, *extra):
+    return ["predict", "--model", MODEL, "--weights", str(root / "weights.safetensors"), "--num-classes",
+            str(CLASSES), "--data", str(root / "val"), "--output", str(output), "--workers", "0", "-q", *extra]  # fmt: skip
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def same_predictions(a, b):
+    """The same images in the same order with the same classes; probabilities within float32 batch-order noise."""
+    assert [r["image"] for r in a] == [r["image"] for r in b]
+    for x, y in zip(a, b):
+        assert x["label"] == y["label"] and [t["index"] for t in x["top"]] == [t["index"] for t in y["top"]]
+        for s, t in zip(x["top"], y["top"]):
+            assert s["probability"] == pytest.approx(t["probability"], abs=1e-6)
+
+
+def test_bulk_predict_single_and_torchrun_write_every_image_once(dataset, tmp_path):
+    root, reference, lines = dataset
+    run_cli(predict_args(root, tmp_path / "single.jsonl"), tmp_path)
+    single = read_jsonl(tmp_path / "single.jsonl")
+    assert [r["image"] for r in single] == sorted(line.split()[0][len("val/"):] for line in lines)  # folder order
+    # the same numbers as an independent computation (timm's model on the seed's preprocessing)
+    transform = vitzoo.eval_transform(MODEL, "seed")
+    with torch.no_grad():
+        probs = reference(torch.stack([transform(root / "val" / r["image"]) for r in single])).softmax(-1)
+    for row, p in zip(single, probs):
+        assert [t["index"] for t in row["top"]] == p.topk(5).indices.tolist()
+        assert row["top"][0]["probability"] == pytest.approx(p.max().item(), abs=1e-5)
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "vitzoo")  # fmt: skip
+    run_cli(predict_args(root, tmp_path / "dist.jsonl", "--batch-size", "3"), tmp_path, launcher=launcher)
+    same_predictions(read_jsonl(tmp_path / "dist.jsonl"), single)
+    assert not list(tmp_path.glob("dist.jsonl.part*"))  # merged and removed
+
+
+def test_bulk_predict_killed_then_resumed_gives_the_same_file(dataset, tmp_path):
+    import signal
+    import time
+
+    root, _, lines = dataset
+    run_cli(predict_args(root, tmp_path / "whole.jsonl"), tmp_path)
+    out = tmp_path / "killed.jsonl"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "vitzoo", *predict_args(root, out, "--batch-size", "1")],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    part = tmp_path / "killed.jsonl.part0"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if part.exists() and part.read_text().count("\n") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    written = part.read_text().count("\n")
+    assert proc.returncode == -signal.SIGKILL and 2 <= written < len(lines), "the run was not killed mid-way"
+    with open(part, "a") as f:
+        f.write('{"image": "half a li')  # as a kill in the middle of a write leaves it
+    proc = run_cli(predict_args(root, out), tmp_path)
+    assert f"({written} already done" in proc.stdout
+    same_predictions(read_jsonl(out), read_jsonl(tmp_path / "whole.jsonl"))
+    assert run_cli(predict_args(root, out), tmp_path).stdout.count(f"({len(lines)} already done") == 1  # nothing left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -163,3 +164,133 @@ def predict(
             top.append({"index": i, "wnid": wnid, "label": label, "names": names, "probability": p})
         results.append({"image": str(image) if not hasattr(image, "size") else "<image>", "top": top})
     return results
+
+
+# -- bulk prediction: one JSON line per image, across processes, resumable ---------------------------------------------
+def _done_images(path) -> set[str]:
+    """Images already written to a JSONL file; a line cut short by a killed run is dropped (rewritten later)."""
+    done = set()
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    done.add(json.loads(line)["image"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    except FileNotFoundError:
+        pass
+    return done
+
+
+def _keep_complete_lines(path) -> None:
+    """Cut a part file back to its last complete line (a kill mid-write leaves half a line)."""
+    try:
+        data = open(path, "rb").read()
+    except FileNotFoundError:
+        return
+    end = data.rfind(b"\n") + 1
+    if end != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(end)
+
+
+@torch.inference_mode()
+def predict_to_jsonl(
+    model,
+    samples: list,
+    transform,
+    output,
+    top_k: int = 5,
+    classes: list[str] | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    root=None,
+    progress: bool = True,
+    ctx: DistContext | None = None,
+) -> dict:
+    """Top-k predictions for every image of `samples` [(path, label)] as JSON lines in `output`, in sample order.
+
+    Each rank takes samples[rank::world_size] and appends to its own part file (`output.part<rank>`) batch by batch;
+    a rerun skips images already in the output or a part file, so a killed run resumes. When all are done rank 0
+    merges the parts into `output` (written atomically) and removes them. An unreadable image gets a line with
+    "error" instead of "top" (so a rerun does not retry it forever). Paths are written relative to `root`.
+    """
+    from pathlib import Path
+
+    ctx = ctx or DistContext()
+    output = Path(output)
+    part = output.with_name(f"{output.name}.part{ctx.rank}")
+    names = [str(Path(p).relative_to(root)) if root else str(p) for p, _ in samples]
+    done = _done_images(output)
+    for other in output.parent.glob(f"{output.name}.part*"):
+        done |= _done_images(other)
+    todo = [(i, samples[i]) for i in range(ctx.rank, len(samples), ctx.world_size) if names[i] not in done]
+    if isinstance(model, torch.nn.Module):
+        model.eval().to(device)
+    _keep_complete_lines(part)
+    imagenet = imagenet_classes() if classes is None else None
+    loader = DataLoader(
+        EvalDataset([s for _, s in todo], transform, on_bad_image="skip"), batch_size=batch_size, num_workers=workers,
+        collate_fn=collate,
+    )  # fmt: skip
+    written = 0
+    bar = None
+    if progress and ctx.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo) * ctx.world_size, desc="predict", unit="img", dynamic_ncols=True)
+    with open(part, "a", encoding="utf-8") as out:
+        for batch in loader:
+            lines = {}
+            for index, message in zip(batch["bad_indices"], batch["bad"]):
+                lines[index] = {"image": names[todo[index][0]], "error": message}
+            if batch["images"] is not None:
+                probs = model(batch["images"].to(device)).float().softmax(dim=1)
+                values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+                for index, vals, idxs in zip(batch["indices"], values.tolist(), indices.tolist()):
+                    i, (_, label) = todo[index]
+                    top = [_entry(k, p, classes, imagenet) for p, k in zip(vals, idxs)]
+                    lines[index] = {"image": names[i], "label": label, "top": top}
+            out.writelines(json.dumps(lines[k]) + "\n" for k in sorted(lines))
+            out.flush()
+            written += len(lines)
+            if bar is not None:
+                bar.update(len(lines) * ctx.world_size)
+    if bar is not None:
+        bar.close()
+    if ctx.world_size > 1:
+        dist.barrier()
+    if ctx.is_main:
+        _merge(output, names)
+    mine = len(range(ctx.rank, len(samples), ctx.world_size))
+    return {"images": len(samples), "written": written, "skipped_as_done": mine - len(todo)}
+
+
+def _entry(index: int, probability: float, classes, imagenet) -> dict:
+    if imagenet is not None and index < len(imagenet):
+        wnid, names = imagenet[index]
+        return {"index": index, "wnid": wnid, "label": names.split(",")[0], "probability": probability}
+    label = classes[index] if classes is not None else str(index)
+    return {"index": index, "label": label, "probability": probability}
+
+
+def _merge(output, names: list[str]) -> None:
+    """The output and every part file merged in sample order into `output` (temp file + rename), parts removed."""
+    lines = {}
+    sources = [output, *sorted(output.parent.glob(f"{output.name}.part*"))]
+    for source in sources:
+        if not source.exists():
+            continue
+        with open(source, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    lines[json.loads(line)["image"]] = line if line.endswith("\n") else line + "\n"
+                except (ValueError, KeyError, TypeError):
+                    continue
+    tmp = output.with_name(f".{output.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines[name] for name in names if name in lines)
+    os.replace(tmp, output)
+    for source in sources[1:]:
+        source.unlink(missing_ok=True)

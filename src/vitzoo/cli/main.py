@@ -128,12 +128,20 @@ def _cmd_predict(args) -> int:
     from ..factory import load_model
 
     _need_weights(args)
+    if bool(args.images) == bool(args.data):
+        raise ValueError("predict takes image files, or --data FOLDER|LIST with --output FILE.jsonl (not both)")
+    if args.data and not args.output:
+        raise ValueError("--data needs --output FILE.jsonl (one JSON line per image)")
     loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
     classes = loaded.classes  # None: ImageNet's (with wnids) for a 1000-class output, else indices
     if args.class_names:
         classes = [line.strip() for line in open(args.class_names, encoding="utf-8") if line.strip()]
-    runner = build_runner(args, loaded)
+        if len(classes) != loaded.model.num_classes:
+            raise ValueError(f"{args.class_names}: {len(classes)} names for a {loaded.model.num_classes}-class model")
     transform = loaded.transform(args.protocol)
+    if args.data:
+        return _predict_bulk(args, loaded, transform, classes)
+    runner = build_runner(args, loaded)
     results = predict(runner, args.images, transform, args.top_k, args.device, classes=classes)
     if args.format == "json":
         print(json.dumps(results, indent=2))
@@ -142,6 +150,31 @@ def _cmd_predict(args) -> int:
         print(result["image"])
         for entry in result["top"]:
             print(f"  {entry['probability']:.4f}  {entry['wnid']}  {entry['label']}")
+    return 0
+
+
+def _predict_bulk(args, loaded, transform, classes) -> int:
+    from pathlib import Path
+
+    from ..data.datasets import load_samples
+    from ..evaluate import init_distributed, predict_to_jsonl, shutdown_distributed
+
+    ctx = init_distributed(args.device)
+    try:
+        args.run_device = f"cuda:{ctx.local_rank}" if args.device == "cuda" and ctx.world_size > 1 else args.device
+        samples = load_samples(args.data, args.root)
+        root = Path(args.root) if args.root else (Path(args.data) if Path(args.data).is_dir() else Path(args.data).parent)
+        runner = build_runner(args, loaded)
+        result = predict_to_jsonl(
+            runner, samples, transform, args.output, args.top_k, classes, args.batch_size, args.workers,
+            args.run_device, root=root, progress=not args.quiet, ctx=ctx,
+        )  # fmt: skip
+    except BaseException:
+        shutdown_distributed(sync=False)
+        raise
+    shutdown_distributed()
+    if ctx.is_main:
+        print(f"{args.output}: {result['images']} images ({result['skipped_as_done']} already done on rank 0)")
     return 0
 
 
@@ -198,10 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes for images")
+    p = sub.add_parser("predict", help="top-k classes for images, or for a whole folder/list into a JSONL file")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     p.add_argument("--weights", help="checkpoint file, Hugging Face folder, or known name (a run folder: its own)")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="*", help="image files (or use --data)")
+    p.add_argument("--data", help="bulk: an ImageNet-style folder or a list file; under torchrun each image once")
+    p.add_argument("--root", help="bulk: image root for a list file (default: the list file's folder)")
+    p.add_argument("--output", "-o", help="bulk: the JSONL file (one line per image; a rerun resumes it)")
+    p.add_argument("--batch-size", type=int, default=64, help="bulk: images per forward")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="bulk: data loading processes")
+    p.add_argument("--quiet", "-q", action="store_true", help="bulk: no progress bar")
     p.add_argument("--protocol", choices=PROTOCOLS, help="preprocessing (default: seed; a run folder: run)")
     p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--class-names", help="a text file of class names, one per line in output order")

@@ -117,7 +117,9 @@ def collate(items: list[dict]) -> dict:
     return {
         "images": torch.stack([it["image"] for it in good]) if good else None,
         "labels": torch.tensor([it["label"] for it in good], dtype=torch.long),
+        "indices": [it["index"] for it in good],
         "bad": [it["bad"] for it in items if "bad" in it],
+        "bad_indices": [it["index"] for it in items if "bad" in it],
         "decode_s": sum(it.get("decode_s", 0.0) for it in items),
         "preprocess_s": sum(it.get("preprocess_s", 0.0) for it in items),
     }
