@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..cli.args import MODEL_HELP, add_path_arguments, int_list, model_list
+from ..cli.args import add_model_arguments, add_path_arguments, int_list, load_model_from_args, model_list
 
 
 def _cmd_bench(args) -> int:
@@ -36,12 +36,9 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from ..factory import load_model
     from ..infer.onnx import export_onnx, onnx_max_diff
 
-    if args.weights is None and not Path(args.model).is_dir():
-        raise ValueError(f"--weights is needed for {args.model} (a run folder brings its own)")
-    model = load_model(args.model, args.weights, num_classes=args.num_classes, img_size=args.img_size).model
+    model = load_model_from_args(args, img_size=args.img_size).model
     path = export_onnx(model.eval(), args.out, opset=args.opset)
     print(f"wrote {path} (ONNX opset {args.opset}, input 'images' [batch, 3, {model.cfg.img_size}, "
           f"{model.cfg.img_size}], output 'logits' [batch, {model.num_classes}])")
@@ -77,13 +74,11 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=_cmd_bench)
 
     p = subparsers.add_parser("export", help="a model with its weights to ONNX (dynamic batch)")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--weights", help="checkpoint file, Hugging Face folder, or known name (a run folder: its own)")
+    add_model_arguments(p)
     p.add_argument("--format", choices=["onnx"], default="onnx")
     p.add_argument("out", help="output .onnx file")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                    help=f"ONNX opset (default {DEFAULT_OPSET}; 23 writes attention as ONNX's Attention operator)")
-    p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--img-size", type=int, help="export for another input size (pos_embed resampled)")
     p.add_argument("--no-check", dest="check", action="store_false", help="skip the onnxruntime vs eager check")
     p.set_defaults(func=_cmd_export)

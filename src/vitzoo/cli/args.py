@@ -38,6 +38,22 @@ def model_list(text: str) -> list[str]:
 MODEL_HELP = "a model name (vitzoo models), or a `vitzoo train` output folder (its architecture, weights and classes)"
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model NAME|RUN_FOLDER, --weights, --num-classes: the model to load (`vitzoo.factory.load_model`)."""
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
+    parser.add_argument("--weights", help="checkpoint file, Hugging Face folder, or known name (a run folder: its own)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="the checkpoint's classes (a named model)")
+
+
+def load_model_from_args(args, img_size: int | None = None):
+    """The LoadedModel the flags name; a named model needs --weights (a run folder brings its own)."""
+    from ..factory import load_model
+
+    if args.weights is None and not Path(args.model).is_dir():
+        raise ValueError(f"--weights is needed for {args.model} (a run folder brings its own)")
+    return load_model(args.model, weights=args.weights, num_classes=args.num_classes, img_size=img_size)
+
+
 def add_path_arguments(parser: argparse.ArgumentParser, calibration: bool = True) -> None:
     """--precision, --backend, --device (and int8's --calibration): the inference path to run through."""
     group = parser.add_argument_group("inference path (vitzoo.infer)")

@@ -11,7 +11,7 @@ from ..data.datasets import DatasetError
 from ..data.transforms import BadImageError
 from ..specs import UnknownModelError, list_models
 from ..weights import WeightsError
-from .args import MODEL_HELP, add_path_arguments, build_runner, int_list, model_list
+from .args import add_model_arguments, add_path_arguments, build_runner, int_list, load_model_from_args, model_list
 
 
 def _cmd_table(args) -> int:
@@ -72,15 +72,13 @@ def _eval(args, ctx) -> int:
 
     from ..data.datasets import check_labels, load_samples
     from ..evaluate import evaluate
-    from ..factory import load_model
     from ..specs import get_spec
 
     args.run_device = f"cuda:{ctx.local_rank}" if args.device == "cuda" and ctx.world_size > 1 else args.device
-    _need_weights(args)
     samples = load_samples(args.data, args.root)
     if args.limit:
         samples = samples[: args.limit]
-    loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
+    loaded = load_model_from_args(args)
     check_labels(samples, loaded.model.num_classes, str(args.data))
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,25 +112,16 @@ def _eval(args, ctx) -> int:
     return 0
 
 
-def _need_weights(args) -> None:
-    from pathlib import Path
-
-    if args.weights is None and not Path(args.model).is_dir():
-        raise ValueError(f"--weights is needed for {args.model} (a run folder brings its own)")
-
-
 def _cmd_predict(args) -> int:
     import json
 
     from ..evaluate import predict
-    from ..factory import load_model
 
-    _need_weights(args)
     if bool(args.images) == bool(args.data):
         raise ValueError("predict takes image files, or --data FOLDER|LIST with --output FILE.jsonl (not both)")
     if args.data and not args.output:
         raise ValueError("--data needs --output FILE.jsonl (one JSON line per image)")
-    loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes)
+    loaded = load_model_from_args(args)
     classes = loaded.classes  # None: ImageNet's (with wnids) for a 1000-class output, else indices
     if args.class_names:
         classes = [line.strip() for line in open(args.class_names, encoding="utf-8") if line.strip()]
@@ -214,13 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("eval", help="Top-1/Top-5 on an ImageNet-style folder or a PaddleClas list file")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--weights", help="checkpoint file, Hugging Face folder, or known name (a run folder: its own)")
+    add_model_arguments(p)
     p.add_argument("--data", required=True, help="folder of class subfolders (sorted = class index) or a list file")
     p.add_argument("--root", help="image root for a list file (default: the list file's folder)")
     p.add_argument("--protocol", choices=PROTOCOLS,
                    help="preprocessing (default: seed; a run folder: run, the one it was validated with)")
-    p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
     add_path_arguments(p)  # --device cuda under torchrun: each rank its LOCAL_RANK GPU
@@ -232,8 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes for images, or for a whole folder/list into a JSONL file")
-    p.add_argument("--model", required=True, help=MODEL_HELP)
-    p.add_argument("--weights", help="checkpoint file, Hugging Face folder, or known name (a run folder: its own)")
+    add_model_arguments(p)
     p.add_argument("images", nargs="*", help="image files (or use --data)")
     p.add_argument("--data", help="bulk: an ImageNet-style folder or a list file; under torchrun each image once")
     p.add_argument("--root", help="bulk: image root for a list file (default: the list file's folder)")
@@ -242,7 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="bulk: data loading processes")
     p.add_argument("--quiet", "-q", action="store_true", help="bulk: no progress bar")
     p.add_argument("--protocol", choices=PROTOCOLS, help="preprocessing (default: seed; a run folder: run)")
-    p.add_argument("--num-classes", type=int, default=1000)
     p.add_argument("--class-names", help="a text file of class names, one per line in output order")
     p.add_argument("--top-k", type=int, default=5)
     add_path_arguments(p)
