@@ -16,13 +16,15 @@ def create_model(
     img_size: int | None = None,
     drop_path_rate: float = 0.0,
     weights=None,
+    pos_embed_resample: str = "timm",
     **overrides,
 ) -> VisionTransformer:
     """One of the 15 models (names match case-insensitively), randomly initialised for training from scratch.
 
     `img_size` builds the model for another input size (its pos_embed grid sized for it); `overrides` sets any other
     `ViTConfig` field (drop_rate, attn_drop_rate, in_chans, ...). `weights` (a file, a Hugging Face folder or a
-    known name) loads a checkpoint: pos_embed resampled to `img_size`, head(s) dropped if `num_classes` differs.
+    known name) loads a checkpoint: pos_embed resampled to `img_size` ("timm" or "deit": `pos_embed_resample`),
+    head(s) dropped if `num_classes` differs.
     The load report is kept as `model.load_report`.
     """
     spec = get_spec(name)
@@ -37,7 +39,7 @@ def create_model(
     if weights is not None:
         from .weights import load_weights
 
-        model.load_report = load_weights(model, weights)
+        model.load_report = load_weights(model, weights, pos_embed_resample)
     return model
 
 
@@ -118,7 +120,10 @@ def _read_card(folder: Path) -> dict:
     return card
 
 
-def load_model(source: str | Path, weights=None, num_classes: int | None = None, img_size: int | None = None) -> LoadedModel:
+def load_model(
+    source: str | Path, weights=None, num_classes: int | None = None, img_size: int | None = None,
+    pos_embed_resample: str = "timm",
+) -> LoadedModel:
     """A table model by name (with `weights`), or a trained run's output folder (its architecture, weights and
     class names; `weights` may name another file of it, e.g. model_ema.safetensors)."""
     from .model import ViTConfig
@@ -144,7 +149,8 @@ def load_model(source: str | Path, weights=None, num_classes: int | None = None,
         model.load_report = load_weights(model, weights_file)
         return LoadedModel(model, card["model"], str(folder), card["classes"], card["eval_transform"])
     try:
-        create_kwargs = {"num_classes": num_classes or 1000, "img_size": img_size, "weights": weights}
+        create_kwargs = {"num_classes": num_classes or 1000, "img_size": img_size, "weights": weights,
+                         "pos_embed_resample": pos_embed_resample}
         model = create_model(str(source), **create_kwargs)
     except UnknownModelError as e:
         raise UnknownModelError(f"{e}; or give a trained run's output folder") from None

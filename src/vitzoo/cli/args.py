@@ -43,6 +43,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--weights", help="checkpoint file, Hugging Face folder, or known name (a run folder: its own)")
     parser.add_argument("--num-classes", type=int, default=1000, help="the checkpoint's classes (a named model)")
+    add_resample_argument(parser)
+
+
+def add_resample_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pos-embed-resample", choices=["timm", "deit"], default="timm",
+                        help="resampling a checkpoint's pos_embed to another grid: timm's loader (default; bicubic "
+                        "antialiased) or DeiT's fine-tune code (plain bicubic)")  # fmt: skip
 
 
 def load_model_from_args(args, img_size: int | None = None):
@@ -51,7 +58,8 @@ def load_model_from_args(args, img_size: int | None = None):
 
     if args.weights is None and not Path(args.model).is_dir():
         raise ValueError(f"--weights is needed for {args.model} (a run folder brings its own)")
-    return load_model(args.model, weights=args.weights, num_classes=args.num_classes, img_size=img_size)
+    return load_model(args.model, weights=args.weights, num_classes=args.num_classes, img_size=img_size,
+                      pos_embed_resample=args.pos_embed_resample)
 
 
 def add_path_arguments(parser: argparse.ArgumentParser, calibration: bool = True) -> None:

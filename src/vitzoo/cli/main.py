@@ -11,7 +11,7 @@ from ..data.datasets import DatasetError
 from ..data.transforms import BadImageError
 from ..specs import UnknownModelError, list_models
 from ..weights import WeightsError
-from .args import add_model_arguments, add_path_arguments, build_runner, int_list, load_model_from_args, model_list
+from .args import add_model_arguments, add_resample_argument, add_path_arguments, build_runner, int_list, load_model_from_args, model_list
 
 
 def _cmd_table(args) -> int:
@@ -47,7 +47,8 @@ def _cmd_convert(args) -> int:
     from ..factory import create_model
     from ..weights.convert import convert
 
-    report = convert(args.src, args.dst, create_model(args.model, img_size=args.img_size), fmt=args.format)
+    model = create_model(args.model, img_size=args.img_size)
+    report = convert(args.src, args.dst, model, fmt=args.format, pos_embed_resample=args.pos_embed_resample)
     print(f"{report}\nwrote {args.dst}")
     return 0
 
@@ -200,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="the vitzoo model the weights belong to")
     p.add_argument("--format", choices=["safetensors", "pdparams"], help="default: from the output file's suffix")
     p.add_argument("--img-size", type=int, help="resample pos_embed for another input size")
+    add_resample_argument(p)
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("eval", help="Top-1/Top-5 on an ImageNet-style folder or a PaddleClas list file")

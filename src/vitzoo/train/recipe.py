@@ -17,7 +17,8 @@ RECIPES_PACKAGE = "vitzoo.train.recipes"
 DISTILLATION_TYPES = ("none", "soft", "hard")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
-CHOICES = {"distillation": DISTILLATION_TYPES, "precision": PRECISIONS, "optimizer": OPTIMIZERS}
+CHOICES = {"distillation": DISTILLATION_TYPES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
+           "pos_embed_resample": ("timm", "deit")}
 
 
 class ConfigError(ValueError):
@@ -40,6 +41,7 @@ class TrainConfig:
     mlp_ratio: float = _opt(4.0, "custom model: MLP hidden width / width")
     distilled: bool = _opt(False, "custom model: add DeiT's distillation token and head")
     finetune: str | None = _opt(None, "start from these weights (any format vitzoo reads); new classes get fresh heads")
+    pos_embed_resample: str = _opt("timm", "finetune weights of another grid: timm's resampling or DeiT's ('deit')")
     # -- data -----------------------------------------------------------------------------------------------------
     data: str | None = _opt(None, "train set: a folder of class folders or a PaddleClas list file")
     val: str | None = _opt(None, "validation set, same layouts; its classes must be among the train set's")

@@ -25,11 +25,11 @@ def build_student(cfg, num_classes: int) -> VisionTransformer:
         if cfg.finetune:
             from ..weights import load_weights
 
-            model.load_report = load_weights(model, cfg.finetune)
+            model.load_report = load_weights(model, cfg.finetune, cfg.pos_embed_resample)
     else:
         model = create_model(
             cfg.model, num_classes=num_classes, img_size=cfg.img_size, drop_path_rate=cfg.drop_path,
-            drop_rate=cfg.drop, weights=cfg.finetune,
+            drop_rate=cfg.drop, weights=cfg.finetune, pos_embed_resample=cfg.pos_embed_resample,
         )  # fmt: skip
     if cfg.finetune:
         log.info("fine-tuning from %s", model.load_report)

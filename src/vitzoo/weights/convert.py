@@ -25,7 +25,7 @@ def save_atomic(write, dst: Path) -> None:
         raise
 
 
-def convert(src, dst, model, fmt: str | None = None) -> LoadReport:
+def convert(src, dst, model, fmt: str | None = None, pos_embed_resample: str = "timm") -> LoadReport:
     """Load `src` into `model` (a vitzoo model of the checkpoint's architecture, at the size to write; checked
     exactly as `load_weights` does) and write its state dict to `dst`."""
     from .load import load_weights
@@ -34,7 +34,7 @@ def convert(src, dst, model, fmt: str | None = None) -> LoadReport:
     fmt = fmt or FORMATS.get(dst.suffix.lower())
     if fmt not in FORMATS.values():
         raise WeightsError(f"{dst}: cannot tell the output format; use a .safetensors or .pdparams name, or --format")
-    model.load_report = load_weights(model, src)
+    model.load_report = load_weights(model, src, pos_embed_resample)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if fmt == "safetensors":
         from safetensors.torch import save_file

@@ -16,7 +16,7 @@ from . import google, hf
 from .common import WeightsError, as_tensor
 from .containers import read_container
 from .pdparams import paddle_to_canonical
-from .resample import resample_pos_embed
+from .resample import METHODS, resample_pos_embed
 
 log = logging.getLogger("vitzoo")
 
@@ -88,7 +88,7 @@ def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], LoadRepor
     return {k: as_tensor(v) for k, v in raw.items()}, report
 
 
-def _fit(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport) -> dict[str, torch.Tensor]:
+def _fit(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, method: str) -> dict[str, torch.Tensor]:
     """The model's full state dict with the checkpoint's tensors in it, or a WeightsError naming what does not fit."""
     own = model.state_dict()
     src = report.source
@@ -111,8 +111,8 @@ def _fit(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport) -
             report.dropped.append(name)
             continue
         if name == "pos_embed" and value.shape != target.shape and value.shape[-1] == target.shape[-1]:
-            value = _resample(model, value, src)
-            report.resampled.append(f"pos_embed {tuple(state[name].shape)} -> {tuple(value.shape)}")
+            value = _resample(model, value, src, method)
+            report.resampled.append(f"pos_embed {tuple(state[name].shape)} -> {tuple(value.shape)} ({method})")
         if value.shape != target.shape:
             raise WeightsError(
                 f"{src}: tensor {name} has shape {tuple(value.shape)}, {_model_name(model)} needs {tuple(target.shape)}"
@@ -126,9 +126,9 @@ def _fit(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport) -
     return out
 
 
-def _resample(model: nn.Module, pos_embed: torch.Tensor, src: str) -> torch.Tensor:
+def _resample(model: nn.Module, pos_embed: torch.Tensor, src: str, method: str) -> torch.Tensor:
     try:
-        return resample_pos_embed(pos_embed, model.cfg.grid_size, model.num_prefix_tokens)
+        return resample_pos_embed(pos_embed, model.cfg.grid_size, model.num_prefix_tokens, method)
     except ValueError as e:
         raise WeightsError(f"{src}: cannot resample pos_embed: {e}") from None
 
@@ -137,14 +137,20 @@ def _model_name(model: nn.Module) -> str:
     return getattr(model, "model_name", type(model).__name__)
 
 
-def load_weights(model: nn.Module, source: str | Path) -> LoadReport:
-    """Load a checkpoint (file, Hugging Face folder, or known name) into `model`, all or nothing. Returns a report."""
+def load_weights(model: nn.Module, source: str | Path, pos_embed_resample: str = "timm") -> LoadReport:
+    """Load a checkpoint (file, Hugging Face folder, or known name) into `model`, all or nothing. Returns a report.
+
+    A pos_embed of another grid is resampled the way `pos_embed_resample` names: "timm" (timm's loader, the
+    default) or "deit" (DeiT's fine-tune code); see `resample_pos_embed`.
+    """
     from .hub import resolve
 
+    if pos_embed_resample not in METHODS:
+        raise ValueError(f"unknown pos_embed resampling {pos_embed_resample!r}; choose {', '.join(METHODS)}")
     path = resolve(source, _model_name(model))
     state, report = read_weights(path)
     report.source = str(source) if str(source) != str(path) else report.source
-    full = _fit(model, state, report)
+    full = _fit(model, state, report, pos_embed_resample)
     model.load_state_dict(full, strict=True)  # every shape was checked above: this cannot fail half-way
     report.loaded = len(full) - len(report.dropped)
     log.info("%s", report)
