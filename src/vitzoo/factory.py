@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .data.transforms import EvalTransform, eval_transform, timm_crop_pct
 from .model import VisionTransformer, build_model
 from .specs import get_spec
 
@@ -36,11 +37,26 @@ def create_model(
     )
     model = build_model(cfg)
     model.model_name = spec.name
+    set_pretrained_cfg(model, eval_transform(spec.name, "timm", img_size=cfg.img_size), timm_crop_pct(cfg.img_size))
     if weights is not None:
         from .weights import load_weights
 
         model.load_report = load_weights(model, weights, pos_embed_resample)
     return model
+
+
+def set_pretrained_cfg(model: VisionTransformer, transform: EvalTransform, crop_pct: float | None = None) -> None:
+    """timm's `pretrained_cfg` (and its old name `default_cfg`) from an eval transform, so that
+    `timm.data.resolve_data_config(model=m)` and `timm.data.create_transform(...)` give the model's protocol."""
+    head = ("head", "head_dist") if model.num_prefix_tokens == 2 else "head"
+    crop_pct = crop_pct or transform.crop / transform.resize_short
+    model.pretrained_cfg = model.default_cfg = {
+        "input_size": (model.cfg.in_chans, transform.crop, transform.crop),
+        "interpolation": "bicubic" if transform.interpolation == "pil_bicubic" else "bilinear",
+        "mean": tuple(transform.mean), "std": tuple(transform.std), "crop_pct": crop_pct, "crop_mode": "center",
+        "num_classes": model.num_classes, "first_conv": "patch_embed.proj", "classifier": head,
+        "architecture": getattr(model, "model_name", "custom"),
+    }  # fmt: skip
 
 
 # -- a model and what it needs to be used: its class names and its eval preprocessing ---------------------------------
@@ -143,11 +159,13 @@ def load_model(
             )
         model = build_model(cfg)
         model.model_name = card["model"]
+        loaded = LoadedModel(model, card["model"], str(folder), card["classes"], card["eval_transform"])
+        set_pretrained_cfg(model, loaded.transform("run"))
         weights_file = Path(weights) if weights else folder / card["weights"]
         if weights and not weights_file.is_absolute() and not weights_file.exists():
             weights_file = folder / weights
         model.load_report = load_weights(model, weights_file)
-        return LoadedModel(model, card["model"], str(folder), card["classes"], card["eval_transform"])
+        return loaded
     try:
         create_kwargs = {"num_classes": num_classes or 1000, "img_size": img_size, "weights": weights,
                          "pos_embed_resample": pos_embed_resample}

@@ -170,7 +170,11 @@ class VisionTransformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.num_classes = cfg.num_classes
-        self.embed_dim = cfg.embed_dim
+        self.embed_dim = self.num_features = cfg.embed_dim  # timm's name for the pre-logits width
+        # timm's feature contract (detection and segmentation heads read it): each block's output tokens
+        self.feature_info = [
+            {"num_chs": cfg.embed_dim, "reduction": cfg.patch_size, "module": f"blocks.{i}"} for i in range(cfg.depth)
+        ]
         self.num_prefix_tokens = cfg.num_prefix_tokens
         self.grad_checkpointing = False
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, cfg.embed_dim)

@@ -160,6 +160,11 @@ class EvalTransform:
         return torch.from_numpy(out)
 
 
+def timm_crop_pct(size: int) -> float:
+    """timm's eval crop for these models: the whole image at 384 and above, 0.9 below."""
+    return 1.0 if size >= 384 else 0.9
+
+
 def eval_transform(
     name: str,
     protocol: str = "seed",
@@ -179,7 +184,7 @@ def eval_transform(
         resize = seed.resize_short if size == seed.crop else int(round(size * seed.resize_short / seed.crop))
         return EvalTransform(resize, size, seed.interpolation, mean or seed.mean, std or seed.std, "cv2", "paddle")
     if protocol == "timm":
-        crop_pct = 1.0 if size >= 384 else 0.9
+        crop_pct = timm_crop_pct(size)
         resize = math.floor(size / crop_pct)
         return EvalTransform(resize, size, "pil_bicubic", mean or seed.mean, std or seed.std, "pil", "torchvision")
     if protocol == "deit":  # the DeiT repo normalizes every model with ImageNet statistics
