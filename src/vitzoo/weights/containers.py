@@ -59,6 +59,19 @@ def _read_torch(path: Path) -> dict:
     return obj
 
 
+def safetensors_metadata(path: Path) -> dict:
+    """The `__metadata__` of a safetensors file's header ({} if none); the header is size-checked by the reader."""
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            if size > 100_000_000:
+                return {}
+            meta = json.loads(f.read(size)).get("__metadata__") or {}
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from .common import WeightsError
@@ -39,7 +41,10 @@ def convert(src, dst, model, fmt: str | None = None, pos_embed_resample: str = "
     if fmt == "safetensors":
         from safetensors.torch import save_file
 
-        metadata = {"format": "pt", "vitzoo_model": getattr(model, "model_name", "custom"), "img_size": str(model.cfg.img_size)}
+        metadata = {
+            "format": "pt", "vitzoo_model": getattr(model, "model_name", "custom"),
+            "img_size": str(model.cfg.img_size), "vitzoo_arch": json.dumps(asdict(model.cfg)),
+        }  # fmt: skip
         save_atomic(lambda tmp: save_file(state, str(tmp), metadata=metadata), dst)
     else:
         from .pdparams import write_pdparams

@@ -133,6 +133,16 @@ def _block_layout(params: dict) -> tuple[list[tuple[str, int | None]], tuple[str
     return blocks, _CALL_ORDER_NAMES if call_order else _PER_TYPE_NAMES
 
 
+def stated_heads(raw: dict) -> int | None:
+    """The head count a Google .npz states: H of the first block's query kernel [D, H, Dh] (one layer's, or
+    [layers, D, H, Dh] stacked)."""
+    for key, value in raw.items():
+        if key.endswith("query/kernel"):
+            shape = np.shape(value)
+            return int(shape[-2]) if len(shape) >= 3 else None
+    return None
+
+
 def google_to_canonical(raw: dict):
     """Google/AugReg/big_vision .npz arrays -> ({canonical name: array}, canonical names mapped).
 

@@ -81,6 +81,18 @@ def read_folder(path: Path) -> dict[str, torch.Tensor]:
     )
 
 
+def config_heads(folder: Path) -> int | None:
+    """The head count a folder's config.json states (`num_attention_heads`), if it has one."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        heads = json.loads(config.read_text(encoding="utf-8")).get("num_attention_heads")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None  # read_folder has already refused a bad config
+    return heads if isinstance(heads, int) and not isinstance(heads, bool) else None
+
+
 def _check_config(config: Path) -> None:
     """A config.json, if there is one, must be a ViT / DeiT one. timm's hub folders have no model_type: allowed."""
     if not config.is_file():

@@ -34,6 +34,8 @@ class LoadReport:
     resampled: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    num_heads: int | None = None  # the attention heads the source states (tensors of any head count look alike)
+    heads_stated_by: str = ""
 
     def __str__(self) -> str:
         text = f"loaded {self.loaded} tensors from {self.source} ({self.format}, {self.layout} layout"
@@ -69,6 +71,7 @@ def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], LoadRepor
     else:
         raise WeightsError(f"{path}: no such file or folder")
     report = LoadReport(source=str(path), format=fmt, layout="canonical")
+    _stated_heads(path, fmt, raw, report)
     if fmt == "pdparams":
         raw, report.mapped = paddle_to_canonical(raw)
         report.layout = "paddle"
@@ -86,6 +89,45 @@ def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], LoadRepor
     except (KeyError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{path}: cannot map the {report.layout} layout: {e}") from None
     return {k: as_tensor(v) for k, v in raw.items()}, report
+
+
+def _stated_heads(path: Path, fmt: str, raw: dict, report: LoadReport) -> None:
+    """Where the source says how many heads its model had: a Hugging Face config.json, a Google .npz's query
+    kernels, a PaddleClas file of a known name, or the architecture a vitzoo-written .safetensors carries."""
+    import json
+    import re
+
+    from ..specs import SPECS
+    from .containers import safetensors_metadata
+
+    heads, by = None, ""
+    if fmt == "huggingface":
+        heads, by = hf.config_heads(path), f"{path / 'config.json'} (num_attention_heads)"
+    elif google.is_google_layout(list(raw)):
+        heads, by = google.stated_heads(raw), "its query kernels [D, heads, head_dim]"
+    elif fmt == "pdparams":
+        match = re.fullmatch(r"(.+)_pretrained\.pdparams", path.name)
+        spec = SPECS.get(match.group(1)) if match else None
+        if spec is not None:
+            heads, by = spec.arch.num_heads, f"its name (PaddleClas's {spec.name})"
+    elif fmt == "safetensors":
+        try:
+            arch = json.loads(safetensors_metadata(path).get("vitzoo_arch", "{}"))
+        except ValueError:
+            arch = {}
+        if isinstance(arch, dict) and isinstance(arch.get("num_heads"), int):
+            heads, by = arch["num_heads"], "its vitzoo metadata (vitzoo_arch)"
+    report.num_heads, report.heads_stated_by = heads, by
+
+
+def _check_heads(model: nn.Module, report: LoadReport) -> None:
+    blocks = getattr(model, "blocks", None)
+    ours = blocks[0].attn.num_heads if blocks else None
+    if report.num_heads is not None and ours is not None and report.num_heads != ours:
+        raise WeightsError(
+            f"{report.source}: {report.heads_stated_by} states {report.num_heads} attention heads; "
+            f"{_model_name(model)} has {ours}: the tensors fit, the model would compute something else"
+        )
 
 
 def _fit(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, method: str) -> dict[str, torch.Tensor]:
@@ -150,6 +192,7 @@ def load_weights(model: nn.Module, source: str | Path, pos_embed_resample: str =
     path = resolve(source, _model_name(model))
     state, report = read_weights(path)
     report.source = str(source) if str(source) != str(path) else report.source
+    _check_heads(model, report)
     full = _fit(model, state, report, pos_embed_resample)
     model.load_state_dict(full, strict=True)  # every shape was checked above: this cannot fail half-way
     report.loaded = len(full) - len(report.dropped)
