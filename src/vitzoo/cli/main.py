@@ -237,10 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     from ..bench.cli import add_parsers as add_bench_parsers
+    from ..serve.cli import add_parser as add_serve_parser
     from ..train.cli import add_parser as add_train_parser
 
     add_train_parser(sub)
     add_bench_parsers(sub)
+    add_serve_parser(sub)
 
     p = sub.add_parser("models", help="list the model names")
     p.add_argument("pattern", nargs="?", help="case-insensitive substring or glob")
