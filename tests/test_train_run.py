@@ -135,7 +135,8 @@ def test_metrics_log_rows(digits, tmp_path):
     rows = [json.loads(line) for line in Path(result.metrics_log).read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2] and [r["step"] for r in rows] == [6, 12]
     assert "val_top1" not in rows[0] and 0 <= rows[1]["val_top1"] <= 1  # validated every 2 epochs and at the end
-    assert {"val_top1_cls", "val_top1_dist", "ema_val_top1", "grad_norm_head", "grad_norm_head_dist"} <= set(rows[1])
+    assert {"val_top1_cls", "val_top1_dist", "ema_val_top1", "grad_norm_head"} <= set(rows[1])
+    assert "grad_norm_head_dist" not in rows[1]  # no teacher: only the class head learns, as in DeiT
     assert all(math.isfinite(r["train_loss"]) and r["lr"] > 0 for r in rows)
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["identity"]["arch"]["distilled"] is True and saved["global_step"] == 12
@@ -148,3 +149,34 @@ def test_mixed_precision_checkpointing_and_clipping_run(digits, tmp_path, precis
     assert math.isfinite(result.metrics["train_loss"]) and 0 <= result.metrics["val_top1"] <= 1
     scaler = ckpt.load_checkpoint(result.checkpoint)["scaler"]
     assert bool(scaler) == (precision == "fp16")  # loss scaling only for fp16
+
+
+def test_deit_recipe_details_fine_tune_in_eval_mode_and_distilled_without_teacher(digits, tmp_path, monkeypatch):
+    """DeiT's train_one_epoch(set_training_mode=args.finetune == ''): a fine-tune runs the model in eval mode; a
+    distilled student trained without a teacher gets its loss from the class head (head_dist gets no gradient)."""
+    seen = []
+    real_step = trainer._Run._step
+
+    def step(self, images, labels):
+        seen.append(self.net.training)
+        return real_step(self, images, labels)
+
+    monkeypatch.setattr(trainer._Run, "_step", step)
+    scratch = train(tiny(digits, tmp_path / "scratch", distilled=True, drop_path=0.1))
+    assert seen and all(seen)  # from scratch: train mode
+    assert "grad_norm_head" in scratch.metrics and "grad_norm_head_dist" not in scratch.metrics
+    seen.clear()
+    train(tiny(digits, tmp_path / "finetuned", distilled=True, drop_path=0.1, finetune=scratch.weights))
+    assert seen and not any(seen)  # fine-tuning: eval mode, as DeiT
+    seen.clear()
+    train(tiny(digits, tmp_path / "kept", distilled=True, finetune=scratch.weights, finetune_train_mode=True))
+    assert seen and all(seen)
+
+
+def test_sgd_is_nesterov_as_deits():
+    from vitzoo.train.optim import build_optimizer
+    from vitzoo.train.recipe import load_config
+
+    cfg = load_config(None, optimizer="sgd", model="DeiT_tiny_patch16_224")
+    optimizer = build_optimizer(torch.nn.Linear(2, 2), cfg, 0.1)
+    assert optimizer.param_groups[0]["nesterov"] and optimizer.param_groups[0]["momentum"] == 0.9

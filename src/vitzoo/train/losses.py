@@ -44,8 +44,8 @@ class TrainLoss:
 
     def __call__(self, outputs, targets: torch.Tensor, teacher_logits: torch.Tensor | None = None) -> torch.Tensor:
         if self.distillation == "none":
-            if isinstance(outputs, (tuple, list)):
-                raise ValueError("the student returned two heads but there is no distillation to train the second")
+            if isinstance(outputs, (tuple, list)):  # a distilled student without a teacher: its class head, as DeiT
+                outputs = outputs[0]
             return base_loss(outputs.float(), targets, self.smoothing)
         if not isinstance(outputs, (tuple, list)) or teacher_logits is None:
             raise ValueError("distillation needs (cls_logits, dist_logits) from the student and the teacher's logits")

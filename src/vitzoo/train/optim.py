@@ -34,7 +34,8 @@ def scaled_lr(lr: float, total_batch: int, base_batch: int | None) -> float:
 def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+        # DeiT's `--opt sgd` goes through timm's create_optimizer, whose "sgd" is Nesterov momentum
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), eps=cfg.eps)
 
 

@@ -42,6 +42,8 @@ class TrainConfig:
     distilled: bool = _opt(False, "custom model: add DeiT's distillation token and head")
     finetune: str | None = _opt(None, "start from these weights (any format vitzoo reads); new classes get fresh heads")
     pos_embed_resample: str = _opt("timm", "finetune weights of another grid: timm's resampling or DeiT's ('deit')")
+    finetune_train_mode: bool = _opt(False, "fine-tuning: keep the model in train mode (DeiT fine-tunes it in eval "
+                                     "mode: no dropout, no stochastic depth)")
     # -- data -----------------------------------------------------------------------------------------------------
     data: str | None = _opt(None, "train set: a folder of class folders or a PaddleClas list file")
     val: str | None = _opt(None, "validation set, same layouts; its classes must be among the train set's")
@@ -56,7 +58,7 @@ class TrainConfig:
     min_lr: float = _opt(1e-5, "cosine schedule's final learning rate")
     warmup_lr: float = _opt(1e-6, "learning rate at the start of the warm-up")
     warmup_epochs: float = _opt(5.0, "linear warm-up length in epochs")
-    optimizer: str = _opt("adamw", "adamw (DeiT) or sgd (momentum; DeiT's small-data fine-tuning)")
+    optimizer: str = _opt("adamw", "adamw (DeiT) or sgd (Nesterov momentum, as DeiT's --opt sgd; small-data fine-tuning)")
     weight_decay: float = _opt(0.05, "weight decay (never on 1-D params, pos_embed, cls_token, dist_token)")
     betas: tuple[float, float] = _opt((0.9, 0.999), "AdamW betas")
     eps: float = _opt(1e-8, "AdamW epsilon")

@@ -154,6 +154,10 @@ class _Run:
         report = getattr(net, "load_report", None)
         self.finetune_report = str(report) if report is not None else None
         self.teacher = None
+        if isinstance(net, DistilledVisionTransformer):
+            # in train mode the student returns (cls_logits, dist_logits), as DeiT's does: without a teacher the loss
+            # takes the class head's, as DeiT's DistillationLoss does with distillation_type 'none'
+            net.set_distilled_training(True)
         if cfg.distillation != "none":
             if not isinstance(net, DistilledVisionTransformer):
                 raise ConfigError(
@@ -162,7 +166,6 @@ class _Run:
                 )
             size = net.cfg.img_size
             self.teacher = load_teacher(cfg.teacher, cfg.teacher_weights, self.num_classes, size, self.device)
-            net.set_distilled_training(True)
         return net
 
     def _build_data(self, sets) -> None:
@@ -247,7 +250,8 @@ class _Run:
         cfg = self.cfg
         skip = self.step_in_epoch
         self.order.set_epoch(epoch, skip * cfg.batch_size)
-        self.model.train()
+        # DeiT's train_one_epoch(set_training_mode=args.finetune == ''): a fine-tune runs the model in eval mode
+        self.model.train(not cfg.finetune or cfg.finetune_train_mode)
         shown = cfg.progress and self.ctx.is_main
         bar = _progress(self.steps_per_epoch, skip, f"epoch {epoch + 1}/{cfg.epochs}", shown)
         tick = time.perf_counter()
