@@ -6,6 +6,7 @@ is 768^-0.5, the full width): timm's VisionTransformer is built to its shape and
 that scale by hand.
 """
 
+import copy
 from functools import partial
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer as TimmViT
 
 import vitzoo
+from vitzoo.infer import build_path
 
 from conftest import randomize_
 
@@ -34,6 +36,9 @@ TIMM_NAMES = {
     "DeiT_base_distilled_patch16_224": "deit_base_distilled_patch16_224",
     "DeiT_base_distilled_patch16_384": "deit_base_distilled_patch16_384",
 }
+LOGIT_TOL = 1e-6  # O(1) logits, same kernels as timm: equal to rounding
+EXPLICIT_TOL = 3e-6  # ViT_small: timm runs it through its explicit attention, vitzoo through SDPA
+FAST_TOL = 1e-5  # the fast path's oneDNN matmuls round differently from MKL's
 VIT_SMALL_SCALE = 768**-0.5  # models.md: qk_scale = embed_dim ** -0.5, not head_dim ** -0.5 (= 96 ** -0.5)
 
 
@@ -71,7 +76,24 @@ def test_logits_match_timm(name):
         got = ours(x)
     assert got.shape == expected.shape == (batch, 1000)
     assert expected.abs().max() > 1.0, "weights too small for the comparison to mean anything"
-    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # the same kernels on the same weights: equal to rounding (a wrong LayerNorm eps moves logits ~1e-5)
+    tol = EXPLICIT_TOL if name == "ViT_small_patch16_224" else LOGIT_TOL
+    torch.testing.assert_close(got, expected, atol=tol, rtol=0)
+    with torch.inference_mode():  # what eval and predict run: the model itself, and the fast path
+        torch.testing.assert_close(ours(x), expected, atol=tol, rtol=0)
+        fast = build_path(copy.deepcopy(ours), "fp32", "fast")(x)
+    torch.testing.assert_close(fast, expected, atol=FAST_TOL, rtol=0)
+
+
+def test_a_planted_eps_bug_would_fail_the_parity_test():
+    """LayerNorm eps 1e-5 instead of DeiT's 1e-6: the logits move by more than the tolerance above."""
+    ours, reference = build_pair("DeiT_tiny_patch16_224")
+    planted = vitzoo.create_model("DeiT_tiny_patch16_224", norm_eps=1e-5).eval()
+    planted.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (planted(x) - reference(x)).abs().max() > 2 * EXPLICIT_TOL
+        assert (ours(x) - reference(x)).abs().max() <= LOGIT_TOL
 
 
 @pytest.mark.parametrize("name", ["DeiT_tiny_patch16_224", "DeiT_tiny_distilled_patch16_224"])

@@ -21,17 +21,26 @@ PHOTOS = ["rocket.jpg", "retina.jpg", "hubble_deep_field.jpg", "astronaut.png", 
           "camera.png", "motorcycle_left.png"]  # fmt: skip
 
 
+# PaddleClas's yaml configs, as shared/reference/preprocessing.md states them, written out here (not read from
+# vitzoo's spec table: a wrong table must fail this test): resize_short, backend + interpolation, crop, mean, std
+HALF, IMAGENET = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+PADDLECLAS_CONFIGS = {
+    "ViT_base_patch16_224": (256, "cv2", "bilinear", 224, *HALF),
+    "ViT_base_patch32_384": (384, "cv2", "bilinear", 384, *HALF),
+    "DeiT_small_patch16_224": (256, "pil", "bicubic", 224, *IMAGENET),
+    "DeiT_base_distilled_patch16_384": (438, "pil", "bicubic", 384, *IMAGENET),
+}
+
+
 def paddle_pipeline(name):
     """PaddleClas's eval ops for `name`, configured as its yaml configs do (preprocessing.md)."""
     ops = load_preprocess_module()
-    spec = vitzoo.get_spec(name).eval
-    backend = "cv2" if spec.interpolation == "cv2_bilinear" else "pil"
-    interpolation = "bilinear" if backend == "cv2" else "bicubic"
+    resize_short, backend, interpolation, crop, mean, std = PADDLECLAS_CONFIGS[name]
     steps = [
         ops.DecodeImage(to_rgb=True, channel_first=False),
-        ops.ResizeImage(resize_short=spec.resize_short, interpolation=interpolation, backend=backend),
-        ops.CropImage(size=spec.crop),
-        ops.NormalizeImage(scale=1.0 / 255.0, mean=list(spec.mean), std=list(spec.std), order=""),
+        ops.ResizeImage(resize_short=resize_short, interpolation=interpolation, backend=backend),
+        ops.CropImage(size=crop),
+        ops.NormalizeImage(scale=1.0 / 255.0, mean=list(mean), std=list(std), order=""),
         ops.ToCHWImage(),
     ]
 
@@ -44,9 +53,7 @@ def paddle_pipeline(name):
     return run
 
 
-@pytest.mark.parametrize(
-    "name", ["ViT_base_patch16_224", "ViT_base_patch32_384", "DeiT_small_patch16_224", "DeiT_base_distilled_patch16_384"]
-)
+@pytest.mark.parametrize("name", list(PADDLECLAS_CONFIGS))
 def test_seed_protocol_is_bit_identical_to_paddleclas(name):
     reference = paddle_pipeline(name)
     ours = vitzoo.eval_transform(name, "seed")
@@ -123,3 +130,21 @@ def test_bad_images_are_reported_by_path(tmp_path):
 def test_unknown_protocol():
     with pytest.raises(ValueError, match="unknown protocol 'paddle'; choose one of seed, timm, deit"):
         vitzoo.eval_transform("DeiT_tiny_patch16_224", "paddle")
+
+
+@pytest.mark.parametrize("name, change", [
+    ("ViT_base_patch16_224", {"interpolation": "pil_bicubic"}),     # ViT's OpenCV bilinear swapped for Pillow's
+    ("DeiT_base_distilled_patch16_384", {"resize_short": 384}),     # DeiT-384's 438 resize dropped
+])  # fmt: skip
+def test_a_planted_preprocessing_bug_would_fail_the_parity_test(name, change, monkeypatch):
+    """The spec table is checked against PaddleClas's settings written out above, not against itself."""
+    import dataclasses
+
+    import vitzoo.data.transforms as transforms
+
+    real = transforms.get_spec(name)
+    planted = dataclasses.replace(real, eval=dataclasses.replace(real.eval, **change))
+    monkeypatch.setattr(transforms, "get_spec", lambda n: planted if n == name else real)
+    reference, ours = paddle_pipeline(name), vitzoo.eval_transform(name, "seed")
+    data = (SAMPLES / "chelsea.png").read_bytes()
+    assert not np.array_equal(ours(data).numpy(), reference(data))

@@ -32,7 +32,7 @@ except importlib.metadata.PackageNotFoundError:
 
 # model -> pickle protocols to save it with (protocol 2 stores arrays through _codecs.encode: slow for ViT_small)
 MODELS = {"ViT_small_patch16_224": (4,), "DeiT_tiny_patch16_224": (4, 2), "DeiT_tiny_distilled_patch16_224": (4, 2)}
-TOLERANCE = 1e-4
+TOLERANCE = 1e-5  # PaddleClas under Paddle agrees to ~3e-6; a wrong LayerNorm eps moves logits ~1e-5
 STUB = "_ppcls_models"  # synthetic top-level package standing in for paddleclas.ppcls
 
 
