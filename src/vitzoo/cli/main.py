@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -28,6 +29,9 @@ def _cmd_table(args) -> int:
         bar.update(done - bar.n)
         bar.set_postfix_str(name)
 
+    accuracy = _table_accuracy(args, models) if args.data else None
+    if accuracy is not None and not accuracy[1].is_main:
+        return 0
     with bar:
         rows = build_table(
             models, args.batch_sizes, latency=not args.no_latency, device=args.device,
@@ -35,12 +39,39 @@ def _cmd_table(args) -> int:
         )  # fmt: skip
         progress(len(rows), "done")
     text = render(rows, args.format)
+    if accuracy is not None:
+        from ..bench.accuracy import accuracy_markdown
+
+        results = accuracy[0]
+        if args.format == "markdown":
+            text = accuracy_markdown(results, args.weights, args.device, args.protocol) + "\n" + text
+        elif args.format == "json":
+            text = json.dumps({"accuracy": results, "table": json.loads(text)}, indent=2) + "\n"
     if args.output:
         with open(args.output, "w") as f:
             f.write(text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _table_accuracy(args, models):
+    """Top-1/Top-5 of each model on --data (torchrun: each model's images split across the processes)."""
+    from ..bench.accuracy import measure_accuracy
+    from ..evaluate import init_distributed, shutdown_distributed
+
+    ctx = init_distributed(args.device)
+    device = f"cuda:{ctx.local_rank}" if args.device == "cuda" and ctx.world_size > 1 else args.device
+    try:
+        results = measure_accuracy(
+            models, args.data, args.root, args.weights, args.protocol, device, args.output_dir, args.batch_size,
+            args.workers, ctx, progress=None if args.quiet or not ctx.is_main else lambda m: print(m, file=sys.stderr),
+        )  # fmt: skip
+    except BaseException:
+        shutdown_distributed(sync=False)
+        raise
+    shutdown_distributed()
+    return results, ctx
 
 
 def _cmd_convert(args) -> int:
@@ -193,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=5, help="timed forwards per batch size; the median is reported")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    group = p.add_argument_group("accuracy (the seed's Top-1/Top-5 columns, measured)")
+    group.add_argument("--data", help="ImageNet val: a folder of class folders or a list file; adds measured Top-1/5")
+    group.add_argument("--root", help="image root for a list file")
+    group.add_argument("--weights", default="paddleclas",
+                       help="paddleclas (default), hf, timm, or a FOLDER holding one file per model named by it")
+    group.add_argument("--protocol", choices=["seed", "timm", "deit"], default="seed")
+    group.add_argument("--output-dir", help="each model's result kept here as it finishes; a rerun skips those")
+    group.add_argument("--batch-size", type=int, default=64)
+    group.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
     p.set_defaults(func=_cmd_table)
 
     p = sub.add_parser("convert", help="any supported checkpoint -> canonical .safetensors (or .pdparams)")
