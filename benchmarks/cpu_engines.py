@@ -493,6 +493,7 @@ def main() -> None:
     parser.add_argument("--skip-engines", default="", help="comma-separated engine names to leave out")
     parser.add_argument("--no-digits", dest="digits", action="store_false")
     parser.add_argument("--digits-epochs", type=int, default=150)
+    parser.add_argument("--digits-dir", type=Path, help="keep the digits data and run here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
     if args.worker:
@@ -527,7 +528,9 @@ def main() -> None:
         doc["records"] = records
         doc["targets"] = targets(records, args.models, args.batch_sizes)
         if args.digits:
-            doc["digits"] = digits_accuracy(work, args.digits_epochs, args.threads)
+            digits_dir = args.digits_dir or work
+            digits_dir.mkdir(parents=True, exist_ok=True)
+            doc["digits"] = digits_accuracy(digits_dir, args.digits_epochs, args.threads)
     (args.out / "cpu_engines.json").write_text(json.dumps(doc, indent=2) + "\n")
     (args.out / "cpu_engines.md").write_text(to_markdown(doc))
     write_png(doc, args.out / "cpu_engines.png")

@@ -49,7 +49,7 @@ def test_two_processes_train_rank0_writes_and_resume_is_exact(digits, tmp_path):
     proc = torchrun(digits, out)
     assert proc.stdout.count("trained 2 epochs") == 1  # the summary comes from rank 0 only
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "curves.png", "epoch_1.pt", "epoch_2.pt", "last.pt", "metrics.jsonl", "model.safetensors",
+        "config.json", "curves.png", "epoch_1.pt", "epoch_2.pt", "last.pt", "metrics.jsonl", "model.json", "model.safetensors",
         "model_ema.safetensors", "result.json",
     ]  # fmt: skip
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
