@@ -6,7 +6,7 @@ import torch
 
 from conftest import randomize_
 
-from vitzoo.infer.openvino import OpenVINORunner, unavailable_reason
+from vitzoo.infer.openvino import OpenVINORunner, quantize_int8, unavailable_reason
 from vitzoo.model import ViTConfig, build_model
 
 needs_openvino = pytest.mark.skipif(unavailable_reason("fp32") is not None, reason=str(unavailable_reason("fp32")))
@@ -91,3 +91,11 @@ def test_int8_calibrated(exported):
 def test_int8_needs_calibration(exported):
     with pytest.raises(ValueError, match="calibration"):
         OpenVINORunner(exported[1], "int8")
+
+
+@pytest.mark.skipif(unavailable_reason("int8") is not None, reason=str(unavailable_reason("int8")))
+def test_quantize_int8_saves_ir_from_numpy_batches(exported, tmp_path):
+    batches = [b.numpy() for b in _images(8, 40).split(4)]  # an iterable of numpy batches, as build_path passes
+    quantized = quantize_int8(exported[1], batches, out_path=tmp_path / "small_int8.xml")
+    assert (tmp_path / "small_int8.xml").exists() and (tmp_path / "small_int8.bin").exists()
+    assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
