@@ -32,3 +32,22 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 @pytest.fixture
 def images():
     return torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+
+
+def train_tiny_digits_run(root: Path, per_class: int = 12, epochs: int = 2):
+    """A tiny custom ViT trained by `vitzoo train` on real digits (scikit-learn's, 16x16): (run folder, train folder,
+    val folder). The run folder holds model.json, so it is a model for eval, predict, bench, export and serve."""
+    import sys
+
+    pytest.importorskip("sklearn")
+    sys.path.append(str(ROOT / "benchmarks"))
+    from train_digits import write_digits
+
+    from vitzoo.train import train
+
+    train_dir, val_dir = write_digits(root / "digits", size=16, per_class=per_class)
+    settings = dict(model="custom", width=32, depth=2, heads=2, patch_size=4, img_size=16, data=str(train_dir),
+                    val=str(val_dir), epochs=epochs, batch_size=16, lr=5e-3, warmup_epochs=0.5, workers=0,
+                    progress=False, plot=False, threads=1, output=str(root / "run"))  # fmt: skip
+    train(settings)
+    return root / "run", train_dir, val_dir

@@ -10,7 +10,6 @@ import functools
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,9 +19,9 @@ from vitzoo.cli.main import main
 from vitzoo.infer import PathUnavailable, build_path, cpu_has_bf16, lively_init_, logits_cosine, sample_photos
 from vitzoo.infer import paths as infer_paths
 
+from conftest import train_tiny_digits_run
+
 pytest.importorskip("skimage")
-sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from train_digits import write_digits  # noqa: E402
 
 NAME = "DeiT_tiny_distilled_patch16_224"  # two prefix tokens: the trimmed paths must keep both
 
@@ -118,16 +117,8 @@ def test_paths_a_machine_cannot_run_say_so_in_one_line(monkeypatch):
 # -- a trained run is a model everywhere ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    """A custom distilled-free ViT trained for one epoch on real digits: its output folder and the data."""
-    from vitzoo.train import train
-
-    root = tmp_path_factory.mktemp("digits_run")
-    train_dir, val_dir = write_digits(root / "digits", size=16, per_class=12)
-    settings = dict(model="custom", width=32, depth=2, heads=2, patch_size=4, img_size=16, data=str(train_dir),
-                    val=str(val_dir), epochs=2, batch_size=16, lr=5e-3, warmup_epochs=0.5, workers=0, progress=False,
-                    plot=False, threads=1, output=str(root / "run"))  # fmt: skip
-    train(settings)
-    return root / "run", train_dir, val_dir
+    """A custom ViT trained for two epochs on real digits: its output folder and the data."""
+    return train_tiny_digits_run(tmp_path_factory.mktemp("digits_run"))
 
 
 def test_a_run_folder_carries_architecture_classes_and_transform(run_folder):

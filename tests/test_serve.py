@@ -401,18 +401,10 @@ def test_a_worker_that_dies_is_replaced(server):
 # -- a trained run's folder serves its own classes -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
-    sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    pytest.importorskip("sklearn")
-    from train_digits import write_digits
-    from vitzoo.train import train
+    from conftest import train_tiny_digits_run
 
-    root = tmp_path_factory.mktemp("serve_digits")
-    train_dir, val_dir = write_digits(root / "digits", size=16, per_class=8)
-    settings = dict(model="custom", width=32, depth=2, heads=2, patch_size=4, img_size=16, data=str(train_dir),
-                    val=str(val_dir), epochs=1, batch_size=16, lr=5e-3, warmup_epochs=0.5, workers=0, progress=False,
-                    plot=False, threads=1, output=str(root / "run"))  # fmt: skip
-    train(settings)
-    return root / "run", val_dir
+    run, _, val_dir = train_tiny_digits_run(tmp_path_factory.mktemp("serve_digits"), per_class=8, epochs=1)
+    return run, val_dir
 
 
 def test_a_trained_run_serves_its_own_class_names(run_folder, tmp_path, capsys):
