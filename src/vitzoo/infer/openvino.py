@@ -4,20 +4,22 @@ Takes vitzoo's ONNX export (`images` [batch, 3, H, W] -> `logits`, which OpenVIN
 `openvino.Model`. Every choice below was measured on ViT_base_patch16_224 and DeiT_small_patch16_224 with O(1)
 random weights, 2 threads, on a 2-core AMD EPYC (Zen 4: AVX512-VNNI and AVX512-BF16, no AMX), OpenVINO 2026.4,
 NNCF 3.4; cosine is of the logits against fp32 eager on scikit-image's photographs. ViT_base, batch 1, medians
-taken while no other process was running:
+over iterations during which no other process ran (candidates interleaved, each in its own process):
 
-    NNCF int8 of timm's export, OpenVINO's default config          62 ms
-    NNCF int8 of vitzoo's (trimmed) export, default config         58.5 ms
-    + TBB_PARTITIONER "AUTO"                                       50.2 ms
-    + INFERENCE_PRECISION_HINT "bf16" (this module's int8)         47.9 ms   cosine 0.9996
-    fp32 / bf16 of the same export, AUTO partitioner              ~165 / 85 ms
+    NNCF int8 of timm's export, OpenVINO's default config        62.1 ms
+    NNCF int8 of vitzoo's (trimmed) export, default config       58.5 ms
+    + TBB_PARTITIONER "AUTO"                                     50.2 ms
+    + INFERENCE_PRECISION_HINT "bf16": this module's int8        47.9 ms   (0.77x timm's; cosine 0.9996)
+    fp32 / bf16 of vitzoo's export, this module's config         ~170 / 85 ms
 
-torchao's PT2E int8 (X86InductorQuantizer, torch.compile) ran 1.03-1.07x timm's OpenVINO int8 and fell apart when
-other processes shared the CPUs; onnxruntime's static QDQ int8 ran 73 ms.
+torchao's PT2E int8 (X86InductorQuantizer + torch.compile) ran 1.03-1.07x timm's OpenVINO int8 at batch 1 and
+1.2x at batch 8, and slowed down ~10x when other processes shared the CPUs (OpenVINO: 1.5x); onnxruntime's static
+QDQ int8 ran 73 ms.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -34,11 +36,9 @@ def unavailable_reason(precision: str) -> str | None:
         import openvino
     except ImportError:
         return "openvino is not installed (pip install openvino)"
-    if precision == "int8":
-        try:
-            import nncf  # noqa: F401
-        except ImportError:
-            return "int8 needs NNCF for the quantization (pip install nncf)"
+    # found, not imported: importing NNCF takes seconds, and only quantize_int8 needs it
+    if precision == "int8" and importlib.util.find_spec("nncf") is None:
+        return "int8 needs NNCF for the quantization (pip install nncf)"
     if precision == "bf16" and not _native_bf16(openvino.Core()):
         return "bf16 needs a CPU with AVX512-BF16 or AMX (OpenVINO's CPU lists no BF16 capability)"
     return None
@@ -58,8 +58,8 @@ def _read(model):
 
 
 def _calibration_items(calibration) -> list[np.ndarray]:
-    """One [1, C, H, W] float32 array per image: NNCF's `subset_size` counts dataset items, and its range estimators
-    average per-item minima and maxima, so single images are the items it is tuned for."""
+    """One [1, C, H, W] float32 array per image: NNCF's `subset_size` counts dataset items (so it caps images, not
+    batches), and its range statistics are gathered item by item."""
     if isinstance(calibration, (torch.Tensor, np.ndarray)):
         calibration = [calibration]
     items = []
@@ -85,7 +85,7 @@ def quantize_int8(model_or_path, calibration, out_path: str | Path | None = None
     adds; every Linear, the patch Conv and the two attention matmuls run in int8, with SmoothQuant (alpha 0.95) moving
     activation outliers into the weights. Measured (ViT_base, photographs): cosine 0.9996; without the transformer
     type (LayerNorm and residuals quantized too) 0.91, no faster; without SmoothQuant 0.9988; keeping the head or
-    the attention matmuls in float gains no cosine and is slower.
+    the attention matmuls in float gains no cosine (attention in float: ~1% slower).
     """
     import nncf
     import openvino
