@@ -52,6 +52,18 @@ def add_resample_argument(parser: argparse.ArgumentParser) -> None:
                         "antialiased) or DeiT's fine-tune code (plain bicubic)")  # fmt: skip
 
 
+def read_class_names(path, num_classes: int) -> list[str]:
+    """--class-names: one name per line in output order, as many as the model has outputs."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            names = [line.strip() for line in f if line.strip()]
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the class names: {e.strerror or e}") from None
+    if len(names) != num_classes:
+        raise ValueError(f"{path}: {len(names)} class names for a model with {num_classes} outputs")
+    return names
+
+
 def load_model_from_args(args, img_size: int | None = None):
     """The LoadedModel the flags name; a named model needs --weights (a run folder brings its own)."""
     from ..factory import load_model

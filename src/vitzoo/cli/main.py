@@ -12,7 +12,10 @@ from ..data.datasets import DatasetError
 from ..data.transforms import BadImageError
 from ..specs import UnknownModelError, list_models
 from ..weights import WeightsError
-from .args import add_model_arguments, add_resample_argument, add_path_arguments, build_runner, int_list, load_model_from_args, model_list
+from .args import (
+    add_model_arguments, add_path_arguments, add_resample_argument, build_runner, int_list, load_model_from_args,
+    model_list, read_class_names,
+)  # fmt: skip
 
 
 def _cmd_table(args) -> int:
@@ -156,9 +159,7 @@ def _cmd_predict(args) -> int:
     loaded = load_model_from_args(args)
     classes = loaded.classes  # None: ImageNet's (with wnids) for a 1000-class output, else indices
     if args.class_names:
-        classes = [line.strip() for line in open(args.class_names, encoding="utf-8") if line.strip()]
-        if len(classes) != loaded.model.num_classes:
-            raise ValueError(f"{args.class_names}: {len(classes)} names for a {loaded.model.num_classes}-class model")
+        classes = read_class_names(args.class_names, loaded.model.num_classes)
     transform = loaded.transform(args.protocol)
     if args.data:
         return _predict_bulk(args, loaded, transform, classes)

@@ -199,13 +199,9 @@ def serve(args) -> int:
     loaded = describe(args)
     class_names = None
     if args.class_names:
-        try:
-            class_names = [line.strip() for line in open(args.class_names, encoding="utf-8") if line.strip()]
-        except OSError as e:
-            raise ValueError(f"{args.class_names}: cannot read the class names: {e.strerror or e}") from None
-        if len(class_names) != loaded.model.num_classes:
-            raise ValueError(f"{args.class_names}: {len(class_names)} class names for a model with "
-                             f"{loaded.model.num_classes} outputs")  # fmt: skip
+        from ..cli.args import read_class_names
+
+        class_names = read_class_names(args.class_names, loaded.model.num_classes)
         loaded.classes = class_names
     if args.protocol:
         loaded.transform(args.protocol)  # refuse an impossible protocol now, not on each request
