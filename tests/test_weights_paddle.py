@@ -10,8 +10,6 @@ import importlib.metadata
 import inspect
 import math
 import pickle
-import stat
-import struct
 import sys
 import types
 
@@ -196,64 +194,6 @@ def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     np.testing.assert_array_equal(read_pdparams(path)["head.weight"], np.ones((2, 3), np.float32))
 
 
-# --- the restricted unpickler ----------------------------------------------------------------------------------------
-
-
-def _text(s: str) -> bytes:
-    data = s.encode()
-    return b"X" + struct.pack("<I", len(data)) + data  # BINUNICODE
-
-
-def calling_pickle(module: str, name: str, args: tuple, opcode: str) -> bytes:
-    """{'x': module.name(*args)} as a pickle that finds the callable with GLOBAL (protocol 2) or STACK_GLOBAL (4)."""
-    if opcode == "GLOBAL":
-        head, ref = b"\x80\x02", b"c" + f"{module}\n{name}\n".encode()
-    else:
-        head, ref = b"\x80\x04", _text(module) + _text(name) + b"\x93"
-    call = ref + b"(" + b"".join(_text(a) for a in args) + b"tR"  # MARK args TUPLE, REDUCE
-    return head + b"}" + _text("x") + call + b"s."  # EMPTY_DICT key value SETITEM STOP
-
-
-@pytest.mark.parametrize("opcode", ["GLOBAL", "STACK_GLOBAL"])
-def test_calling_pickle_is_a_live_payload(opcode):
-    """The payloads below really call what they name when an ordinary unpickler reads them."""
-    assert pickle.loads(calling_pickle("builtins", "len", ("abc",), opcode)) == {"x": 3}
-
-
-@pytest.mark.parametrize("opcode", ["GLOBAL", "STACK_GLOBAL"])
-@pytest.mark.parametrize("target", ["os.system", "builtins.eval", "subprocess.Popen", "posix.system"])
-def test_code_in_a_pdparams_is_refused_not_run(target, opcode, tmp_path):
-    marker = tmp_path / "ran"
-    script = tmp_path / "payload.sh"
-    script.write_text(f"#!/bin/sh\ntouch '{marker}'\n")
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    arg = {
-        "os.system": f"touch '{marker}'",
-        "posix.system": f"touch '{marker}'",
-        "builtins.eval": f"open({str(marker)!r}, 'w').close()",
-        "subprocess.Popen": str(script),
-    }[target]
-    module, name = target.split(".")
-    path = tmp_path / "evil.pdparams"
-    path.write_bytes(calling_pickle(module, name, (arg,), opcode))
-
-    with pytest.raises(vitzoo.WeightsError) as err:
-        vitzoo.read_weights(path)
-    assert str(path) in str(err.value) and target in str(err.value)
-    assert not marker.exists()
-
-
-def test_codecs_encode_other_than_latin1_is_refused(tmp_path):
-    path = tmp_path / "codec.pdparams"
-    path.write_bytes(calling_pickle("_codecs", "encode", ("abc", "utf-8"), "GLOBAL"))
-    with pytest.raises(vitzoo.WeightsError, match="encoding") as err:
-        read_pdparams(path)
-    assert str(path) in str(err.value)
-    path.write_bytes(calling_pickle("_codecs", "encode", ("abc", "latin1"), "GLOBAL"))  # how protocol 2 stores bytes
-    with pytest.raises(vitzoo.WeightsError, match="'x' is a bytes, not an array"):
-        read_pdparams(path)
-
-
 @pytest.mark.parametrize("protocol", [2, 4])
 def test_truncated_pdparams_names_the_file(protocol, tmp_path):
     whole = tmp_path / "whole.pdparams"
@@ -274,7 +214,7 @@ def test_truncated_pdparams_names_the_file(protocol, tmp_path):
     "content, problem",
     [
         ([np.zeros(3, np.float32)], "holds a dict of arrays, found list"),
-        ({"x": np.array([1, "a"], dtype=object)}, "holds object values, not numbers"),
+        ({"x": np.array([1, "a"], dtype=object)}, "dtype object is not a number type"),  # refused as it is named
         ({"x": np.zeros(3), "UnpackBigParamInfor@@": [1]}, "is a list, not a dict"),
         ({"UnpackBigParamInfor@@": {"x": {"OriginShape": (4,), "slices": ["x@@.0"]}}}, "broken big-array split"),
     ],

@@ -10,8 +10,11 @@ The format is detected from the bytes, not trusted from the file name:
 from __future__ import annotations
 
 import json
+import math
 import struct
+import tokenize
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,17 @@ from .pdparams import read_pdparams
 
 # torch.save's legacy (non-zip) format starts with a pickled magic number: LONG1 of 10 bytes
 _TORCH_LEGACY_MAGIC = b"\x8a\x0a" + (0x1950A86A20F9469CFC6C).to_bytes(10, "little")
+# what a damaged zip raises besides BadZipFile: unsupported or encrypted members, bad deflate streams, bad sizes
+_ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError, RuntimeError,
+               struct.error, OverflowError, KeyError, IndexError)  # fmt: skip
+# weights barely compress (float noise), torch and np.savez store: members may inflate to this many times the
+# archive, plus a constant; a deflate bomb (1000x) of any size that matters is refused before it is inflated
+_ZIP_INFLATION, _ZIP_SLACK = 64, 64 << 20
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+_SAFETENSORS_DTYPES = {
+    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2,
+    "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+}  # fmt: skip
 
 
 def sniff(path: Path) -> str:
@@ -32,7 +46,8 @@ def sniff(path: Path) -> str:
         try:
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
-        except zipfile.BadZipFile as e:
+                _check_inflation(path, zf)
+        except _ZIP_ERRORS as e:
             raise WeightsError(f"{path}: a damaged zip archive (truncated or corrupt): {e}") from None
         if any(n.endswith("data.pkl") for n in names):
             return "torch"
@@ -51,6 +66,19 @@ def sniff(path: Path) -> str:
     )
 
 
+def _check_inflation(path: Path, zf: zipfile.ZipFile) -> None:
+    """Refuse an archive whose members claim to inflate to far more than the archive: before anything inflates."""
+    size = path.stat().st_size
+    claimed = 0
+    for info in zf.infolist():
+        claimed += info.file_size
+        if claimed > _ZIP_INFLATION * size + _ZIP_SLACK:
+            raise WeightsError(
+                f"{path}: zip member {info.filename!r} claims {info.file_size} bytes; the members would inflate to "
+                f"more than {_ZIP_INFLATION}x the {size}-byte archive (a zip bomb?)"
+            )
+
+
 def _read_torch(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
@@ -64,24 +92,49 @@ def safetensors_metadata(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
-            if size > 100_000_000:
+            if size > _SAFETENSORS_MAX_HEADER:
                 return {}
             meta = json.loads(f.read(size)).get("__metadata__") or {}
-    except (OSError, struct.error, ValueError, UnicodeDecodeError, AttributeError):
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, AttributeError, RecursionError):
         return {}
     return meta if isinstance(meta, dict) else {}
+
+
+def _check_safetensors_header(path: Path) -> None:
+    """The header's length and every tensor's extent checked against the file before anything is read or made."""
+    file_size = path.stat().st_size
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        if size > min(_SAFETENSORS_MAX_HEADER, file_size - 8):
+            raise WeightsError(f"{path}: the safetensors header claims {size} bytes; the file has {file_size - 8} "
+                               f"after the length (and headers stop at {_SAFETENSORS_MAX_HEADER})")  # fmt: skip
+        try:
+            header = json.loads(f.read(size))
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise WeightsError(f"{path}: damaged safetensors header: {type(e).__name__}: {e}") from None
+    if not isinstance(header, dict):
+        raise WeightsError(f"{path}: damaged safetensors header: a JSON {type(header).__name__}, not an object")
+    data_size = file_size - 8 - size
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            itemsize = _SAFETENSORS_DTYPES[entry["dtype"]]
+            shape, (begin, end) = entry["shape"], entry["data_offsets"]
+            if not all(type(n) is int and n >= 0 for n in (*shape, begin, end)):
+                raise ValueError("shape and offsets must be non-negative integers")
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"{path}: tensor {name!r}: bad safetensors entry {entry!r:.200}: {e!r}") from None
+        if not begin <= end <= data_size or end - begin != math.prod(shape) * itemsize:
+            raise WeightsError(f"{path}: tensor {name!r} {entry['dtype']}{shape} claims bytes [{begin}, {end}) of "
+                               f"the {data_size} bytes of data")  # fmt: skip
 
 
 def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    with open(path, "rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        try:
-            json.loads(f.read(size))
-        except (ValueError, UnicodeDecodeError) as e:
-            raise WeightsError(f"{path}: damaged safetensors header: {e}") from None
+    _check_safetensors_header(path)
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
@@ -89,11 +142,41 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def _read_npz(path: Path) -> dict:
+    """Each member's .npy header is read and checked against the member's size before its array is made."""
+    arrays = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            return {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise WeightsError(f"{path}: damaged .npz file: {e}") from None
+        with zipfile.ZipFile(path) as zf:
+            _check_inflation(path, zf)
+            for info in zf.infolist():
+                with zf.open(info) as f:
+                    arrays[info.filename.removesuffix(".npy")] = _read_npy(path, info, f)
+    except WeightsError:
+        raise
+    except _ZIP_ERRORS as e:
+        raise WeightsError(f"{path}: damaged .npz file: {type(e).__name__}: {e}") from None
+    return arrays
+
+
+def _read_npy(path: Path, info: zipfile.ZipInfo, f) -> np.ndarray:
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise WeightsError(f"{path}: member {info.filename!r}: .npy version {version} is not supported")
+    read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    try:  # numpy parses the header as a Python literal: a garbled one raises the tokenizer's and parser's errors
+        shape, fortran_order, dtype = read_header(f, max_header_size=10_000)
+    except (ValueError, SyntaxError, tokenize.TokenError, TypeError, MemoryError, RecursionError) as e:
+        raise WeightsError(f"{path}: member {info.filename!r}: bad .npy header: {type(e).__name__}: {e}") from None
+    if dtype.hasobject or dtype.kind not in "fiubc":
+        raise WeightsError(f"{path}: member {info.filename!r} holds {dtype} values, not numbers")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes != info.file_size - f.tell():
+        raise WeightsError(f"{path}: member {info.filename!r} claims {dtype}{list(shape)} ({nbytes} bytes) and "
+                           f"holds {info.file_size - f.tell()} bytes")  # fmt: skip
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise WeightsError(f"{path}: member {info.filename!r} is truncated ({len(data)} of {nbytes} bytes)")
+    return np.frombuffer(data, dtype).reshape(shape, order="F" if fortran_order else "C")  # as_tensor copies
 
 
 READERS = {"torch": _read_torch, "safetensors": _read_safetensors, "npz": _read_npz, "pdparams": read_pdparams}

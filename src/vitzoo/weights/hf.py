@@ -88,7 +88,7 @@ def config_heads(folder: Path) -> int | None:
         return None
     try:
         heads = json.loads(config.read_text(encoding="utf-8")).get("num_attention_heads")
-    except (ValueError, UnicodeDecodeError, AttributeError):
+    except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
         return None  # read_folder has already refused a bad config
     return heads if isinstance(heads, int) and not isinstance(heads, bool) else None
 
@@ -99,8 +99,8 @@ def _check_config(config: Path) -> None:
         return
     try:
         cfg = json.loads(config.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{config}: not a valid JSON config: {e}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise WeightsError(f"{config}: not a valid JSON config: {type(e).__name__}: {e}") from None
     if not isinstance(cfg, dict):
         raise WeightsError(f"{config}: expected a JSON object, found {type(cfg).__name__}")
     model_type = cfg.get("model_type")
@@ -119,7 +119,7 @@ def _read_shards(index: Path) -> dict[str, torch.Tensor]:
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
         shards = sorted(set(weight_map.values()))
-    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise WeightsError(f"{index}: not a valid shard index (JSON with a 'weight_map'): {e!r}") from None
     tensors: dict[str, torch.Tensor] = {}
     for shard in shards:

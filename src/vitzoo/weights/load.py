@@ -9,6 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -71,12 +72,13 @@ def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], LoadRepor
     else:
         raise WeightsError(f"{path}: no such file or folder")
     report = LoadReport(source=str(path), format=fmt, layout="canonical")
+    if fmt == "torch":
+        raw = _unwrap(path, raw)
+    _check_claims(path, raw)
     _stated_heads(path, fmt, raw, report)
     if fmt == "pdparams":
         raw, report.mapped = paddle_to_canonical(raw)
         report.layout = "paddle"
-    elif fmt == "torch":
-        raw = _unwrap(path, raw)
     keys = list(raw)
     mapper = None
     if hf.is_hf_layout(keys):
@@ -89,6 +91,23 @@ def read_weights(source: str | Path) -> tuple[dict[str, torch.Tensor], LoadRepor
     except (KeyError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{path}: cannot map the {report.layout} layout: {e}") from None
     return {k: as_tensor(v) for k, v in raw.items()}, report
+
+
+def _check_claims(path: Path, raw: dict) -> None:
+    """Every tensor is copied once on the way in: refuse tensors that add up to more than the input could hold.
+
+    A pickle can name one small array under a thousand keys, and a torch view can stride 0 over one element: each
+    reads in bytes and would copy out to gigabytes. Real files hold each tensor once (fp16 ones convert to 2x).
+    """
+    files = [p for p in path.iterdir() if p.is_file()] if path.is_dir() else [path]
+    size = sum(p.stat().st_size for p in files)
+    budget = 4 * size + (1 << 20)
+    total = 0
+    for name, value in raw.items():
+        total += 4 * (value.numel() if isinstance(value, torch.Tensor) else np.asarray(value).size)
+        if total > budget:
+            raise WeightsError(f"{path}: tensor {name!r} brings the tensors to {total} bytes as float32, more than "
+                               f"{budget} for a {size}-byte input: shared or overlapping arrays?")  # fmt: skip
 
 
 def _stated_heads(path: Path, fmt: str, raw: dict, report: LoadReport) -> None:

@@ -1,13 +1,15 @@
 """PaddleClas .pdparams: a pickle of {name: numpy array}, read and written without PaddlePaddle.
 
 A pickle names functions to call when loaded. Real .pdparams files name only numpy's array reconstruction and
-`_codecs.encode` (protocol 2 stores bytes that way); anything else is refused before it is imported.
+`_codecs.encode` (protocol 2 stores bytes that way); anything else is refused before it is imported, and what is
+allowed is wrapped so that it neither runs code nor allocates more than the file holds.
 """
 
 from __future__ import annotations
 
 import codecs
 import collections
+import math
 import os
 import pickle
 import struct
@@ -33,31 +35,86 @@ def _latin1_encode(text, encoding="latin1"):
     return codecs.encode(text, encoding)
 
 
-def _allowed() -> dict:
-    allowed = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): _latin1_encode,
-        ("collections", "OrderedDict"): collections.OrderedDict,
-    }
-    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's own _reconstruct, whichever module holds it
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(module, "_reconstruct")] = reconstruct
-        allowed[(module, "scalar")] = _numpy_scalar
-    return allowed
+class _NDArrayName:
+    """Stands for numpy.ndarray in a pickle: numpy's pickles only name the class (as _reconstruct's argument);
+    calling it would allocate whatever shape the file claims."""
+
+    def __init__(self, *args, **kwargs):
+        raise pickle.UnpicklingError("numpy.ndarray is named by array pickles, never called")
+
+
+def _empty_array(cls, shape, dtype):
+    """numpy's _reconstruct as its pickles call it, `(ndarray, (0,), b'b')`: an empty array that the pickle's
+    BUILD then fills from bytes it holds (numpy checks they match the shape). Any other shape would allocate."""
+    if cls is not _NDArrayName or tuple(shape) != (0,):
+        raise pickle.UnpicklingError(f"numpy _reconstruct called as ({cls!r}, {shape!r}): not an array pickle")
+    return np.ndarray((0,), np.uint8)
+
+
+def _numeric_dtype(spec, align=False, copy=False):
+    """numpy.dtype as array pickles call it: numbers only (no objects, no records, no sub-arrays)."""
+    try:
+        dtype = np.dtype(spec, align, copy)
+    except (TypeError, ValueError) as e:
+        raise pickle.UnpicklingError(f"bad dtype {spec!r}: {e}") from None
+    if dtype.kind not in _NUMERIC_KINDS or dtype.fields is not None or dtype.subdtype is not None:
+        raise pickle.UnpicklingError(f"dtype {dtype} is not a number type")
+    return dtype
 
 
 def _numpy_scalar(dtype, data=None):
+    if not isinstance(dtype, np.dtype) or dtype.kind not in _NUMERIC_KINDS or not isinstance(data, bytes):
+        raise pickle.UnpicklingError(f"numpy scalar of {dtype!r}: not a number")
     return np.frombuffer(data, dtype=dtype, count=1)[0]
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    ALLOWED = _allowed()
+# The whole allow-list: what PaddleClas's files name, and nothing that runs code or allocates on a claim.
+# tests/test_weights_pdparams_safety.py pins it exactly.
+ALLOWED_GLOBALS = {
+    ("numpy", "ndarray"): _NDArrayName,
+    ("numpy", "dtype"): _numeric_dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy._core.multiarray", "_reconstruct"): _empty_array,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("_codecs", "encode"): _latin1_encode,
+    ("collections", "OrderedDict"): collections.OrderedDict,
+}
+
+
+class _BoundedFile:
+    """The file as the unpickler reads it: a read longer than what is left is refused before any buffer is made
+    (BINBYTES8 can claim 2**63 bytes in 9), and the whole file is never held at once."""
+
+    def __init__(self, f, size: int):
+        self._f, self._left = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self._left
+        if n > self._left:
+            raise pickle.UnpicklingError(f"an item claims {n} bytes where {self._left} are left in the file")
+        data = self._f.read(n)
+        self._left -= len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self._f.readline(self._left)
+        self._left -= len(line)
+        return line
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """Python's own unpickler (pickle._Unpickler, not the C one): its memo is a dict, where the C unpickler's is an
+    array that LONG_BINPUT 10**9 grows to gigabytes, and it reads counted items through _BoundedFile before
+    allocating them."""
+
+    ALLOWED = ALLOWED_GLOBALS
 
     def find_class(self, module, name):
         try:
             return self.ALLOWED[(module, name)]
-        except KeyError:
+        except (KeyError, TypeError):
             raise pickle.UnpicklingError(f"refused global {module}.{name}: not part of a weight file") from None
 
     def persistent_load(self, pid):
@@ -69,7 +126,8 @@ def read_pdparams(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     try:
         with open(path, "rb") as f:  # streamed: the file's bytes are never held beside the arrays
-            obj = _RestrictedUnpickler(f, encoding="latin1").load()
+            size = os.fstat(f.fileno()).st_size
+            obj = _RestrictedUnpickler(_BoundedFile(f, size), encoding="latin1").load()
     except pickle.UnpicklingError as e:
         raise WeightsError(f"{path}: unsafe or invalid pickle: {e}") from None
     except _CORRUPT as e:
@@ -93,11 +151,16 @@ def _join_big_params(path: Path, obj: dict) -> dict[str, np.ndarray]:
     for name, meta in info.items():
         try:
             slices = list(meta["slices"])
+            if len(set(slices)) != len(slices) or pieces.intersection(slices):
+                raise ValueError("a piece is named twice")  # each piece once, or a small file joins to gigabytes
             parts = [obj[part] for part in slices]
-            if not all(isinstance(part, np.ndarray) for part in parts):
-                raise TypeError("a piece is not an array")
-            out[name] = np.concatenate([part.ravel() for part in parts]).reshape(meta["OriginShape"])
-        except (KeyError, TypeError, ValueError) as e:
+            if not all(isinstance(part, np.ndarray) and part.dtype.kind in _NUMERIC_KINDS for part in parts):
+                raise TypeError("a piece is not an array of numbers")
+            shape = tuple(int(n) for n in meta["OriginShape"])
+            if math.prod(shape) != sum(part.size for part in parts) or min(shape, default=0) < 0:
+                raise ValueError(f"pieces of {sum(part.size for part in parts)} elements for shape {shape}")
+            out[name] = np.concatenate([part.ravel() for part in parts]).reshape(shape)
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise WeightsError(f"{path}: broken big-array split for {name!r}: {type(e).__name__}: {e}") from None
         pieces.update(slices)
     for name, value in obj.items():
