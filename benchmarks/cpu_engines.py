@@ -5,7 +5,8 @@ process, so that no engine's thread pool (OpenMP, oneDNN, TBB, ONNX Runtime) tax
 turns, one timed at a time, and before each turn the parent waits for the whole CPU to go idle (the last engine's
 spinning threads asleep). Rounds alternate the order (A B C, C B A, ...); an engine's figure is the best of its
 round medians. Each engine also classifies real photographs (scikit-image's samples through the model's seed
-preprocessing), scored by the cosine of its logits to vitzoo fp32 eager's and top-1 agreement.
+preprocessing), scored by the cosine of its logits to vitzoo fp32 eager's and top-1 agreement. The machinery (the
+worker, the turns) is `vitzoo.bench.engines`, which `vitzoo bench --compare openvino,onnxruntime,paddle` also runs.
 
     python benchmarks/cpu_engines.py [--models DeiT_small_patch16_224,ViT_base_patch16_224] [--batch-sizes 1,8]
         [--threads 2] [--rounds 3] [--runs 5] [--no-digits] [--out benchmarks]
@@ -21,23 +22,22 @@ import argparse
 import datetime
 import importlib.metadata
 import json
-import os
 import platform
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-# engine -> (family, precision, how it is built). vitzoo's paths are its own backends; the peers are what a user runs.
+from vitzoo.bench import engines  # noqa: E402  (the machinery: a process per engine, turns, the worker)
+
+# engine -> (family, precision, backend) as `vitzoo.bench.engines` runs it. vitzoo's paths are its own backends; the
+# peers are what a user runs.
 ENGINES = {
     "vitzoo fp32-eager": ("vitzoo", "fp32", "eager"),
     "vitzoo fp32-fast": ("vitzoo", "fp32", "fast"),
@@ -62,125 +62,6 @@ GROUPS = {
     "bf16": [e for e, (_, p, _) in ENGINES.items() if p == "bf16"],
     "int8": ["vitzoo int8-openvino", "openvino int8 (timm's ONNX, NNCF)", "vitzoo bf16-compile"],
 }
-COMPARE = {"timm": "timm", "openvino": "openvino", "onnxruntime": "onnxruntime", "paddle": "paddle"}
-
-
-# -- the worker: one engine in its own process ------------------------------------------------------------------------
-def _worker(spec: dict) -> None:
-    """Build one engine, warm it at each batch size, classify the photos, then time on request (JSON lines)."""
-    global _PROTOCOL
-    # the protocol keeps the real stdout; anything else written there (NNCF's progress, C libraries) goes to stderr
-    _PROTOCOL = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    torch.set_num_threads(spec["threads"])
-    import vitzoo
-    from safetensors.torch import load_file
-
-    family, precision, backend = ENGINES[spec["engine"]]
-    model = vitzoo.create_model(spec["model"]).eval()
-    model.load_state_dict(load_file(spec["weights"]))
-    calibration = torch.from_numpy(np.load(spec["calibration"])) if precision == "int8" else None
-    photos = torch.from_numpy(np.load(spec["photos"]))
-    start = time.perf_counter()
-    if family == "paddle":
-        from vitzoo.bench.paddle_inference import PaddlePredictor, export_paddle
-
-        prefix = export_paddle(model, str(Path(spec["workdir"]) / "paddle" / "model"))
-        run = PaddlePredictor(prefix, precision, threads=spec["threads"])
-    else:
-        from vitzoo.infer import build_path
-
-        if family == "timm":
-            from vitzoo.bench.timm_twin import timm_twin
-
-            model = timm_twin(model)
-        run = build_path(model, precision, backend, "cpu", calibration, Path(spec["workdir"]) / spec["slug"])
-    inputs = {bs: torch.randn(bs, *photos.shape[1:], generator=torch.Generator().manual_seed(bs))
-              for bs in spec["batch_sizes"]}  # fmt: skip
-    with torch.inference_mode():
-        for x in inputs.values():  # first calls compile, pack weights, create primitives
-            for _ in range(spec["warmup"]):
-                run(x)
-        logits = run(photos).float()
-    np.save(spec["logits_out"], logits.numpy())
-    _send({"ready": True, "build_s": round(time.perf_counter() - start, 1), "notes": getattr(run, "notes", "")})
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request.get("quit"):
-            break
-        x = inputs[request["batch_size"]]
-        times = []
-        with torch.inference_mode():
-            for _ in range(request["runs"]):
-                tick = time.perf_counter()
-                run(x)
-                times.append((time.perf_counter() - tick) * 1000.0)
-        _send({"times_ms": times})
-
-
-_PROTOCOL = sys.stdout
-
-
-def _send(message: dict) -> None:
-    _PROTOCOL.write(json.dumps(message) + "\n")
-    _PROTOCOL.flush()
-
-
-class Engine:
-    """The parent's handle on one worker process."""
-
-    def __init__(self, spec: dict, log):
-        self.name = spec["engine"]
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=log, text=True,
-            # set before any import: Paddle's oneDNN takes its thread count from it at start (and paddle sets it to 1
-            # in os.environ when it is unset)
-            env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(spec["threads"])),
-        )  # fmt: skip
-        self.ready = self._receive()
-
-    def _receive(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.name}: the worker died (exit {self.proc.wait()}); see the log")
-        return json.loads(line)
-
-    def time(self, batch_size: int, runs: int) -> list[float]:
-        self.proc.stdin.write(json.dumps({"batch_size": batch_size, "runs": runs}) + "\n")
-        self.proc.stdin.flush()
-        return self._receive()["times_ms"]
-
-    def close(self) -> None:
-        try:
-            self.proc.stdin.write(json.dumps({"quit": True}) + "\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-
-
-# -- the parent ---------------------------------------------------------------------------------------------------------
-def unavailable(engine: str) -> str | None:
-    family, precision, backend = ENGINES[engine]
-    if family == "paddle":
-        from vitzoo.bench.paddle_inference import unavailable_reason
-
-        return unavailable_reason(precision)
-    from vitzoo.infer import InferencePath
-
-    if family == "timm":
-        try:
-            import timm  # noqa: F401
-        except ImportError:
-            return "timm is not installed"
-    return InferencePath(precision, backend, "cpu").unavailable_reason()
-
-
-def fidelity_photos(name: str) -> torch.Tensor:
-    from vitzoo.infer import sample_photos
-
-    return sample_photos(name)
 
 
 def calibration_set(name: str) -> torch.Tensor:
@@ -204,92 +85,42 @@ def calibration_set(name: str) -> torch.Tensor:
     return torch.cat([batch, batch.flip(-1)])
 
 
-def time_group(engines: dict[str, Engine], batch_size: int, rounds: int, runs: int, quiet_s: float) -> dict:
-    from vitzoo.bench.latency import wait_for_quiet_cpu
-
-    names = list(engines)
-    medians = {n: [] for n in names}
-    all_times = {n: [] for n in names}
-    contended = 0
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            if not wait_for_quiet_cpu(quiet_s):
-                contended += 1
-            times = engines[name].time(batch_size, runs)
-            medians[name].append(statistics.median(times))
-            all_times[name] += times
-    return {
-        n: {"ms": round(min(medians[n]), 3), "round_medians_ms": [round(m, 3) for m in medians[n]],
-            "ms_min": round(min(all_times[n]), 3), "ms_max": round(max(all_times[n]), 3),
-            "images_per_s": round(1000.0 * batch_size / min(medians[n]), 2), "contended_turns": contended}
-        for n in names
-    }  # fmt: skip
-
-
-def cosine_and_agreement(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
-    a, b = torch.from_numpy(logits).float(), torch.from_numpy(reference).float()
-    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
-    agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
-    return round(cosine, 6), round(agree, 4)
-
-
 def bench_model(name: str, args, workdir: Path, log) -> list[dict]:
-    from safetensors.torch import save_file
-
+    """Every group's engines on one model: started (`vitzoo.bench.engines.running`), timed in turns, scored."""
     import vitzoo
-    from vitzoo.infer import lively_init_
+    from vitzoo.infer import lively_init_, sample_photos
 
     model = lively_init_(vitzoo.create_model(name)).eval()
-    weights = workdir / f"{name}.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
-    photos, calibration = fidelity_photos(name), calibration_set(name)
-    np.save(workdir / "photos.npy", photos.numpy())
-    np.save(workdir / "calibration.npy", calibration.numpy())
+    photos = sample_photos(name)
+    common = engines.prepare(workdir, model, photos, calibration_set(name))
     with torch.inference_mode():
         reference = model(photos).numpy()
     del model
     records = []
     for group, members in GROUPS.items():
-        engines, skipped = {}, {}
-        try:
-            for engine in members:
-                if engine in args.skip_engines:
-                    continue
-                reason = unavailable(engine)
-                if reason:
-                    print(f"  {engine}: skipped: {reason}", flush=True)
-                    skipped[engine] = reason
-                    continue
-                slug = "".join(c if c.isalnum() else "_" for c in engine)
-                spec = {
-                    "engine": engine, "model": name, "weights": str(weights), "photos": str(workdir / "photos.npy"),
-                    "calibration": str(workdir / "calibration.npy"), "threads": args.threads, "slug": slug,
-                    "batch_sizes": args.batch_sizes, "warmup": args.warmup, "workdir": str(workdir),
-                    "logits_out": str(workdir / f"{slug}.logits.npy"),
-                }  # fmt: skip
-                tick = time.perf_counter()
-                engines[engine] = Engine(spec, log)  # built one at a time: builds never share the CPU
-                print(f"  {engine}: built in {time.perf_counter() - tick:.0f} s", flush=True)
+        wanted = {engine: ENGINES[engine] for engine in members if engine not in args.skip_engines}
+        group_engines = engines.running(wanted, common, args.threads, args.batch_sizes, args.warmup, log, _say)
+        with group_engines as (started, skipped):
             for bs in args.batch_sizes:
-                timings = time_group(engines, bs, args.rounds, args.runs, args.quiet_s)
+                timings = engines.time_group(started, bs, args.rounds, args.runs, args.quiet_s)
                 for engine, t in timings.items():
                     family, precision, backend = ENGINES[engine]
-                    logits = np.load(workdir / f"{''.join(c if c.isalnum() else '_' for c in engine)}.logits.npy")
-                    cosine, agree = cosine_and_agreement(logits, reference)
+                    cosine, agree = engines.cosine_and_agreement(started[engine].logits(), reference)
                     records.append({
                         "model": name, "batch_size": bs, "group": group, "engine": engine, "family": family,
                         "precision": precision, "backend": backend, **t, "cosine_vs_fp32": cosine,
-                        "top1_agreement": agree, "build_s": engines[engine].ready["build_s"],
-                        "notes": engines[engine].ready.get("notes", ""),
+                        "top1_agreement": agree, "build_s": started[engine].ready["build_s"],
+                        "notes": started[engine].ready.get("notes", ""),
                     })  # fmt: skip
                     print(f"  {name} bs{bs} {engine}: {t['ms']:.1f} ms, cosine {cosine}", flush=True)
                 for engine, reason in skipped.items():
                     records.append({"model": name, "batch_size": bs, "group": group, "engine": engine,
                                     "skipped": reason})  # fmt: skip
-        finally:
-            for engine in engines.values():
-                engine.close()
     return records
+
+
+def _say(message: str) -> None:
+    print(f"  {message}", flush=True)
 
 
 # -- targets ------------------------------------------------------------------------------------------------------------
@@ -482,7 +313,6 @@ def write_png(doc: dict, path: Path) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--models", default="DeiT_small_patch16_224,ViT_base_patch16_224")
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--threads", type=int, default=2)
@@ -496,8 +326,6 @@ def main() -> None:
     parser.add_argument("--digits-dir", type=Path, help="keep the digits data and run here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
-    if args.worker:
-        return _worker(json.loads(args.worker))
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     args.skip_engines = {e.strip() for e in args.skip_engines.split(",") if e.strip()}

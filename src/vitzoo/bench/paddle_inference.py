@@ -35,7 +35,9 @@ def _import_paddle():
     (a torch or onnxruntime benchmark worker) would then run on one thread. The predictor sets its own count.
     """
     before = os.environ.get("OMP_NUM_THREADS")
-    import paddle
+    with warnings.catch_warnings():  # its C++-extension helper warns, on import, that ccache is missing
+        warnings.filterwarnings("ignore", message="No ccache found")
+        import paddle
 
     if before is None:
         os.environ.pop("OMP_NUM_THREADS", None)

@@ -46,9 +46,39 @@ def to_markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
 
 
+def engines_markdown(records: list[dict]) -> str:
+    """Records of engines timed in their own processes (`vitzoo bench --compare openvino,...`): one row each."""
+    head = ["Model", "Batch", "Engine", "Precision", "Backend", "Version", "ms median", "ms min-max", "images/s",
+            "peak MB", "vitzoo/peer", "cosine vs fp32"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    timed = [r for r in records if "skipped" not in r]
+    for r in timed:
+        batch = f"{r['batch_size']} (throughput)" if r.get("throughput") else str(r["batch_size"])
+        cells = [r["model"], batch, r["engine"], r["precision"], r["backend"], r["engine_version"]]
+        cells += [_num(r["ms_median"]), f"{_num(r['ms_min'])}-{_num(r['ms_max'])}", _num(r["images_per_s"], 1)]
+        cells += [_num(r["peak_mem_mb"], 0), _num(r.get("ratio"), 3), _num(r.get("cosine_vs_fp32_eager"), 6)]
+        lines.append("| " + " | ".join(cells) + " |")
+    devices = "; ".join(sorted({r["device_name"] for r in timed}))
+    notes = [f"Milliseconds per batch of random images after warm-up, on {devices}."]
+    notes += [f"Isolation: {text}." for text in sorted({r["isolation"] for r in timed})]
+    waited = {}  # (model, batch) -> its engines' records, where turns waited for an idle CPU
+    for r in timed:
+        if r.get("contended_turns") is not None:
+            waited.setdefault((r["model"], r["batch_size"]), []).append(r)
+    for (model, bs), group in waited.items():
+        turns = group[0]["rounds"] * len(group)
+        notes.append(f"{model}, batch {bs}: {group[0]['contended_turns']} of {turns} turns began on a busy CPU.")
+    notes += [f"{engine}: {what}." for engine, what in {r["engine"]: r["runs_on"] for r in records}.items()]
+    notes.append("vitzoo/peer: vitzoo's ms over the peer's (below 1: vitzoo is faster). Same weights everywhere.")
+    notes.append("cosine: lowest cosine similarity of the logits to vitzoo fp32 eager's, over the fidelity images.")
+    skipped = [r for r in records if "skipped" in r]
+    notes += [f"{r['model']}: {r['engine']} {r['precision']}: skipped: {r['skipped']}" for r in skipped]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) + "\n"
+
+
 def render(records: list[dict], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(records, indent=2) + "\n"
     if fmt == "markdown":
-        return to_markdown(records)
+        return engines_markdown(records) if any("engine" in r for r in records) else to_markdown(records)
     raise ValueError(f"unknown format {fmt!r}; choose markdown or json")

@@ -1,8 +1,10 @@
 """Benchmarks: vitzoo's models through an inference path, beside the seed's V100 figures and, with compare="timm",
-beside timm's equivalent holding the same weights, timed in the same process, alternating run by run.
+beside timm's equivalent holding the same weights, timed in the same process, alternating run by run; with peers
+among openvino, onnxruntime and paddle, beside every peer named, each engine in its own process (`engines.py`).
 
 One record per (model, precision, backend, device, batch size); see `RECORD_FIELDS`. A path other than fp32 eager
 also records the cosine similarity of its logits to fp32 eager's on real photographs (`vitzoo.infer.fidelity`).
+With engines in processes, one record per engine and batch size (`ENGINE_FIELDS`), and one for each peer skipped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ RECORD_FIELDS = (
     "peak_mem_mb",
 )  # fmt: skip
 COMPARE_FIELDS = ("timm_ms_median", "ratio")
+ENGINE_FIELDS = ("engine", "engine_version", "ratio", "cosine_vs_fp32_eager", "isolation")  # ratio: peers only
+ENGINE_WAIT_S = 10.0  # engines in processes: how long to wait before each turn for an idle CPU, unless told
 
 
 def _ms(value: float) -> float:
@@ -67,11 +71,11 @@ def _build(name: str, device: str, weights: str | None) -> LoadedModel:
 
 
 def _timm_twin(model: nn.Module) -> tuple[nn.Module, dict]:
-    from .timm_twin import check_twin, timm_twin, uses_default_attention
+    from .timm_twin import check_twin, timm_name, timm_twin, uses_default_attention
 
     twin = timm_twin(model)
     info = {
-        "timm_model": get_spec(model.model_name).timm_name or "timm VisionTransformer of this shape",
+        "timm_model": timm_name(model),
         "timm_logits_max_diff": check_twin(model, twin, _random_images(model, 2)),
     }
     if not uses_default_attention(twin):
@@ -138,6 +142,82 @@ def _bench_model(
     return records
 
 
+def _isolation(threads: int, rounds: int, runs: int, quiet_s: float) -> str:
+    wait = (f"before each turn, up to {quiet_s:g} s of waiting for an idle CPU" if quiet_s > 0
+            else "no waiting for an idle CPU (--wait-quiet 0)")  # fmt: skip
+    return (
+        f"each engine in its own process ({threads} threads), built one at a time, then timed in turns: {rounds} "
+        f"rounds of {runs} forwards, the order reversed every round; {wait}; ms median: the best round median"
+    )
+
+
+def _bench_engines(
+    name: str,
+    path: InferencePath,
+    sizes: Sequence[tuple[int, bool]],
+    peers: Sequence[str],
+    twin_path: InferencePath | None,
+    settings: dict,
+    say: Callable[[str], None],
+    workdir: Path,
+) -> list[dict]:
+    """The records of one model set against `peers`, each engine in its own process (see `bench`)."""
+    from . import engines
+
+    loaded = _build(name, "cpu", settings["weights"])
+    model = loaded.model
+    photos, photos_note = _fidelity_images(loaded)
+    with torch.inference_mode():
+        reference = model(photos).numpy()
+    wanted = {"vitzoo": ("vitzoo", path.precision, path.backend)}
+    wanted.update({peer: engines.peer_engine(peer, path.precision, twin_path) for peer in peers})
+    calibration = None
+    if any(precision == "int8" for _, precision, _ in wanted.values()):
+        calibration = photos
+        if settings["calibration"]:
+            calibration = calibration_images(settings["calibration"], loaded.transform(), settings["calibration_size"])
+    common = engines.prepare(workdir / "engines", model, photos, calibration)
+    threads, rounds, runs, quiet_s = (settings[k] for k in ("threads", "rounds", "runs", "quiet_wait_s"))
+    model_name = loaded.name if loaded.name != "custom" else name
+    what = {"vitzoo": f"vitzoo's model, {path.name}", **{peer: engines.PEERS[peer].what for peer in peers}}
+    if twin_path is not None:
+        what["timm"] = f"timm's model, {twin_path.name}"
+    shared = {"device": "cpu", "device_name": device_name("cpu"), "rounds": rounds, "runs": runs,
+              "warmup": settings["warmup"], "threads": threads, "fidelity_images": photos_note,
+              "isolation": _isolation(threads, rounds, runs, quiet_s)}  # fmt: skip
+    records = []
+    log = workdir / "engines.log"
+    processes = engines.running(wanted, common, threads, [bs for bs, _ in sizes], settings["warmup"], log, say)
+    with processes as (started, skipped):
+        logits = {engine: started[engine].logits() for engine in started}
+        for bs, throughput in sizes:
+            say(f"{name} batch {bs}: {', '.join(started)}, in turns")
+            timings = engines.time_group(started, bs, rounds, runs, quiet_s)
+            seed_ms = None if throughput or loaded.name == "custom" else get_spec(loaded.name).seed.latency_ms.get(bs)
+            for engine, t in timings.items():
+                _, precision, backend = wanted[engine]
+                cosine, agreement = engines.cosine_and_agreement(logits[engine], reference)
+                record = {
+                    "model": model_name, "engine": engine, "engine_version": engines.engine_version(*wanted[engine]),
+                    "precision": precision, "backend": backend, **shared, "batch_size": bs, "ms_median": t["ms"],
+                    "ms_min": t["ms_min"], "ms_max": t["ms_max"], "images_per_s": t["images_per_s"],
+                    "round_medians_ms": t["round_medians_ms"], "peak_mem_mb": started[engine].ready["peak_mem_mb"],
+                    "throughput": throughput, "seed_v100_ms": seed_ms, "cosine_vs_fp32_eager": cosine,
+                    "top1_agreement": agreement, "runs_on": what[engine], "path_notes": started[engine].ready["notes"],
+                    "build_s": started[engine].ready["build_s"],
+                }  # fmt: skip
+                if engine != "vitzoo":
+                    record["ratio"] = round(timings["vitzoo"]["ms"] / t["ms"], 4)
+                if t["contended_turns"] is not None:
+                    record["contended_turns"] = t["contended_turns"]
+                records.append(record)
+    for engine, reason in skipped.items():
+        _, precision, backend = wanted[engine]
+        records.append({"model": model_name, "engine": engine, "precision": precision, "backend": backend,
+                        "device": "cpu", "runs_on": what[engine], "skipped": reason})  # fmt: skip
+    return records
+
+
 def bench(
     models: Iterable[str],
     batch_sizes: Sequence[int] = (1, 4, 8),
@@ -149,13 +229,14 @@ def bench(
     runs: int = 10,
     throughput: bool = False,
     throughput_batch: int | None = None,
-    compare: str | None = None,
+    compare: str | Sequence[str] | None = None,
     timm_baseline: str = "same",
     weights: str | None = None,
     calibration=None,
     calibration_size: int = 300,
-    quiet_wait_s: float = 0.0,
+    quiet_wait_s: float | None = None,
     progress: Callable[[str], None] | None = None,
+    rounds: int = 3,
 ) -> list[dict]:
     """Time `models` through one inference path; a list of records (`RECORD_FIELDS`; with compare="timm",
     `COMPARE_FIELDS` and the rest of timm's figures; off fp32 eager, the logits' cosine to fp32 eager's).
@@ -168,16 +249,29 @@ def bench(
     models hold random weights with O(1) activations (`lively_init_`): timing does not depend on the values.
     On a shared CPU, `quiet_wait_s` waits before each timed round for other processes to go idle (see
     `time_alternating`); records then count the rounds begun while they were not (`contended_runs`).
+
+    compare="timm,openvino,onnxruntime,paddle" (any of them but timm alone; a comma list or a sequence) times, on
+    the CPU, vitzoo's path and every peer named, each holding the same weights in its own process, taking turns
+    (`engines.py`): `rounds` rounds of `runs` forwards, waiting before each turn up to `quiet_wait_s` (default 10 s)
+    for an idle CPU; the figure is the best round median. A peer runs at its fastest precision not below the one
+    asked for (timm: `timm_baseline`); one this machine cannot run gets a record saying why ("skipped").
     """
     device = str(torch.device(device))
     path = InferencePath(precision, backend, device)
     reason = path.unavailable_reason()
     if reason:
         raise PathUnavailable(reason)
-    if compare not in (None, "timm"):
-        raise ValueError(f"unknown comparison {compare!r}; only 'timm' is known")
+    from .engines import parse_peers  # here: `python -m vitzoo.bench.engines` must find it not yet imported
+
+    peers = parse_peers(compare)
+    in_process = peers in ((), ("timm",))
+    if not in_process and path.on_cuda:
+        raise ValueError("--compare with openvino, onnxruntime or paddle sets CPU engines against each other: "
+                         "run it with --device cpu")  # fmt: skip
+    if runs < 1 or rounds < 1:
+        raise ValueError(f"runs and rounds must be >= 1, got {runs} and {rounds}")
     twin_path = None
-    if compare:
+    if "timm" in peers:
         twin_path = path if timm_baseline == "same" else InferencePath.parse(timm_baseline, device)
     names = [name if Path(name).is_dir() else get_spec(name).name for name in models]
     set_threads(threads)
@@ -189,11 +283,19 @@ def bench(
     if not sizes:
         raise ValueError("no batch sizes to time")
     say = progress or (lambda message: None)
+    settings = {
+        "weights": weights, "calibration": calibration, "calibration_size": calibration_size, "warmup": warmup,
+        "runs": runs, "rounds": rounds, "threads": threads or torch.get_num_threads(),
+        "quiet_wait_s": ENGINE_WAIT_S if quiet_wait_s is None else quiet_wait_s,
+    }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vitzoo-bench-") as tmp:
         records = []
         for name in names:
+            if not in_process:
+                records += _bench_engines(name, path, sizes, peers, twin_path, settings, say, Path(tmp))
+                continue
             records += _bench_model(
-                name, path, sizes, warmup, runs, twin_path, weights, calibration, calibration_size, quiet_wait_s, say,
-                Path(tmp),
+                name, path, sizes, warmup, runs, twin_path, weights, calibration, calibration_size, quiet_wait_s or 0.0,
+                say, Path(tmp),
             )  # fmt: skip
         return records

@@ -15,24 +15,42 @@ class NotComparableError(ValueError):
     """timm has no equivalent of this model."""
 
 
+def _known_spec(name: str):
+    """The table's spec of `name`, or None for a custom architecture (a `vitzoo train` run's own)."""
+    from ..specs import UnknownModelError
+
+    try:
+        return get_spec(name)
+    except UnknownModelError:
+        return None
+
+
+def timm_name(model: VisionTransformer) -> str:
+    """timm's name of the model's equivalent, or what stands in for it where timm's registry has none."""
+    spec = _known_spec(getattr(model, "model_name", None) or "custom")
+    return (spec and spec.timm_name) or "timm VisionTransformer of this shape"
+
+
 def _timm_arch(model: VisionTransformer) -> nn.Module:
     """timm's architecture of the model's shape, on the meta device (no memory, no random init)."""
     import timm
+    from timm.models.deit import VisionTransformerDistilled
     from timm.models.vision_transformer import VisionTransformer as TimmViT
 
     cfg = model.cfg
     name = getattr(model, "model_name", None)
     if name is None:
         raise NotComparableError("timm's equivalent is found by the model's name: build it with vitzoo.create_model")
-    spec = get_spec(name)
+    spec = _known_spec(name)
     with torch.device("meta"):
-        if spec.timm_name is not None:
+        if spec is not None and spec.timm_name is not None:
             return timm.create_model(spec.timm_name, num_classes=cfg.num_classes, img_size=cfg.img_size)
-        # ViT_small_patch16_224 (timm's 2020 model) is gone from timm's registry: its VisionTransformer of that shape
-        return TimmViT(
-            img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, depth=cfg.depth,
-            num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, num_classes=cfg.num_classes,
-            norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
+        # ViT_small_patch16_224 (timm's 2020 model) is gone from timm's registry, and a custom architecture (a
+        # `vitzoo train` run) was never in it: timm's VisionTransformer of that shape
+        return (VisionTransformerDistilled if cfg.distilled else TimmViT)(
+            img_size=cfg.img_size, patch_size=cfg.patch_size, in_chans=cfg.in_chans, embed_dim=cfg.embed_dim,
+            depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias,
+            num_classes=cfg.num_classes, norm_layer=partial(nn.LayerNorm, eps=cfg.norm_eps),
         )  # fmt: skip
 
 

@@ -207,17 +207,18 @@ def build_path(
         from .onnx import export_onnx
 
         onnx_file = export_onnx(model.float(), Path(workdir) / "model.onnx")
+        export = f"ONNX export: {trimmed}" if vitzoo_model else "ONNX export"  # a foreign model is exported as it is
         if path.backend == "onnxruntime":
             from .onnx import OrtRunner
 
-            return Runner(OrtRunner(onnx_file, path.device), path, f"ONNX export: {trimmed}", keep)
+            return Runner(OrtRunner(onnx_file, path.device), path, export, keep)
         from .openvino import OpenVINORunner
 
         batches = _calibration_batches(calibration)
         if path.precision == "int8" and not batches:
             raise ValueError("int8 needs calibration images: name a folder or list file (--calibration)")
         runner = OpenVINORunner(onnx_file, path.precision, calibration=batches or None)
-        note = f"ONNX export: {trimmed}" + ("; NNCF static int8" if path.precision == "int8" else "")
+        note = export + ("; NNCF static int8" if path.precision == "int8" else "")
         return Runner(runner, path, note, keep)
 
     model = model.to(path.dtype)
