@@ -31,6 +31,7 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 TARGET_MODULES = ("fuzz_weights", "fuzz_data")  # each defines TARGETS: {name: Target}
 RSS_LIMIT_MB = 3072  # the process with torch, cv2 and PIL imported sits near 600 MB; a bomb crosses this at once
+ADDRESS_HEADROOM_MB = 2048  # address space allowed beyond what the warm process has mapped (see _limit_address_space)
 TIMEOUT_S = 10  # per input: a hang, not a slow input (the slowest seeds run in milliseconds)
 
 # -- the canary: code run from an input ---------------------------------------------------------------------------------
@@ -56,8 +57,19 @@ def _audit(event: str, args: tuple) -> None:
     if event.startswith(_FORBIDDEN_EVENTS):
         CANARY_CALLS.append((event, args[:2]))
     # code compiled from a string and run (exec/eval of text); "compile" alone is also ast.literal_eval's, harmless
-    elif event == "exec" and getattr(args[0], "co_filename", "").startswith("<"):
+    elif event == "exec" and getattr(args[0], "co_filename", "").startswith("<") and not _importing():
         CANARY_CALLS.append((event, (args[0].co_filename,)))
+
+
+def _importing() -> bool:
+    """Whether a module is being imported: a library that imports lazily (torch does, inside torch.load) runs its
+    module's namedtuple and dataclass templates through exec, text from the library, not from the input."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class CanaryTripped(AssertionError):
@@ -96,7 +108,6 @@ def targets() -> dict[str, Target]:
 
 def checked(call: Callable[[bytes], object], name: str, errors: tuple[type, ...], error_ok) -> Callable[[bytes], None]:
     """`call` wrapped in the contract: vitzoo's error naming the input, or a result; never the canary."""
-    global _WATCHING
 
     def one_input(data: bytes) -> None:
         global _WATCHING
@@ -138,8 +149,7 @@ def _install_audit_hook() -> None:
 def scratch_dir() -> Path:
     """Where targets write their per-input files: memory-backed when the machine has /dev/shm."""
     shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(os.environ.get("TMPDIR", "/tmp"))
-    return base
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(os.environ.get("TMPDIR", "/tmp"))
 
 
 # -- running one target under atheris (in this process) ------------------------------------------------------------------
@@ -164,6 +174,7 @@ def main(argv: list[str]) -> None:
             if not any(folder.iterdir()):
                 target.seeds(folder)
     one_input = prepare(target, workdir / target.name)
+    _limit_address_space(ADDRESS_HEADROOM_MB)
     defaults = [f"-rss_limit_mb={RSS_LIMIT_MB}", f"-timeout={TIMEOUT_S}", "-print_final_stats=1"]
     given = {f.split("=")[0] for f in flags}
     flags += [d for d in defaults if d.split("=")[0] not in given]
@@ -171,6 +182,19 @@ def main(argv: list[str]) -> None:
     command = f"{sys.executable} {HERE / 'fuzzing.py'} {target.name}"
     atheris.Setup([command, *flags, *map(str, corpus)], one_input)
     atheris.Fuzz()
+
+
+def _limit_address_space(headroom_mb: int) -> None:
+    """Cap the address space a little above what the process has mapped once warm: an input that makes a reader
+    reserve gigabytes (even untouched) then fails inside the reader with a MemoryError and a traceback, a finding
+    with its input, where libFuzzer's RSS watch only sees touched memory and often cannot tell which input it was."""
+    import resource
+
+    mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = mapped + (headroom_mb << 20)
+    if hard == resource.RLIM_INFINITY or limit < hard:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def _instrument_loaded(atheris, module) -> None:
@@ -266,14 +290,17 @@ def first_traceback(log: str) -> str:
     return "\n".join(line for line in lines if line.strip().strip("^~") != "")
 
 
-def minimize(name: str, crash: Path, out: Path, runs: int = 3000, timeout: float = 600) -> Path:
+def minimize(name: str, crash: Path, out: Path, runs: int = 3000, timeout: float = 300) -> Path:
     """The smallest input libFuzzer finds that still breaks the target the same way, written to `out`."""
     scratch = out.parent / f".{out.name}.minimize"
     scratch.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, str(HERE / "fuzzing.py"), name, "-minimize_crash=1", f"-runs={runs}",
                f"-artifact_prefix={scratch}/", str(crash)]  # fmt: skip
-    subprocess.run(command, env=env, capture_output=True, timeout=timeout)
+    try:
+        subprocess.run(command, env=env, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass  # keep the smallest found so far
     candidates = sorted(scratch.glob("minimized-from-*"), key=lambda p: p.stat().st_size) or [crash]
     out.write_bytes(candidates[0].read_bytes())
     for leftover in scratch.iterdir():

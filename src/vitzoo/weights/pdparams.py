@@ -120,6 +120,50 @@ class _RestrictedUnpickler(pickle._Unpickler):
     def persistent_load(self, pid):
         raise pickle.UnpicklingError("refused persistent id: not part of a .pdparams file")
 
+    def load_build(self):
+        """BUILD only as numpy's pickles use it, each state checked first: numpy's own __setstate__ trusts its input
+        (an odd dtype state made it fail without an exception: SystemError)."""
+        state = self.stack.pop()
+        inst = self.stack[-1]
+        if type(inst) is np.ndarray:
+            _check_array_state(state)
+        elif isinstance(inst, np.dtype):
+            _check_dtype_state(inst, state)
+        else:
+            raise pickle.UnpicklingError(f"refused BUILD of a {type(inst).__name__}: not part of a weight file")
+        inst.__setstate__(state)
+
+    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+
+
+def _check_dtype_state(dtype: np.dtype, state) -> None:
+    """A number dtype's pickled state: (3, byte order, None, None, None, -1, -1, flags), as numpy writes it."""
+    if not (isinstance(state, tuple) and len(state) == 8 and state[0] == 3 and state[1] in ("<", ">", "|", "=")
+            and state[2:7] == (None, None, None, -1, -1) and type(state[7]) is int):  # fmt: skip
+        raise pickle.UnpicklingError(f"dtype {dtype} with state {state!r:.120}: not a number type's")
+
+
+def _check_array_state(state) -> None:
+    """An array's pickled state: (1, shape, number dtype, fortran order, its bytes), the bytes matching the shape."""
+    try:
+        version, shape, dtype, fortran, data = state
+        ok = (version == 1 and isinstance(shape, tuple) and all(type(n) is int and n >= 0 for n in shape)
+              and isinstance(dtype, np.dtype) and dtype.kind in _NUMERIC_KINDS and type(fortran) is bool
+              and isinstance(data, bytes) and len(data) == math.prod(shape) * dtype.itemsize)  # fmt: skip
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise pickle.UnpicklingError(f"array state {_describe(state)}: not a number array's, or its bytes do not "
+                                     "match its shape")  # fmt: skip
+
+
+def _describe(state) -> str:
+    if isinstance(state, tuple) and len(state) == 5:
+        version, shape, dtype, fortran, data = state
+        size = len(data) if isinstance(data, (bytes, list)) else type(data).__name__
+        return f"(version {version!r:.20}, shape {shape!r:.60}, dtype {dtype!r:.40}, {size} bytes)"
+    return f"{state!r:.80}"
+
 
 def read_pdparams(path: str | Path) -> dict[str, np.ndarray]:
     """{name: array} in Paddle's layout (Linear weights [in, out]), big-array splits joined, bookkeeping dropped."""
