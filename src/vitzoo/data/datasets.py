@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -13,6 +14,11 @@ from torch.utils.data import Dataset
 from .transforms import BadImageError
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# the longest list-file line read: a path as long as Linux allows (PATH_MAX, 4096 bytes), a space and a label, with
+# room to spare; anything longer is not a list file (a binary file, a 1 MB line) and is refused as soon as it is met
+MAX_LIST_LINE = 8192
+_UNDECODABLE = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of bytes that are not UTF-8
+LABEL_DIGITS = 9  # labels are class indices: up to 999,999,999 (int() of 5000 digits raises, and takes time)
 
 
 class DatasetError(ValueError):
@@ -54,22 +60,45 @@ def read_list_file(list_file: str | Path, root: str | Path | None = None) -> lis
     if not root.is_dir():
         raise DatasetError(f"{root}: no such image root folder")
     samples = []
-    for number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in _list_lines(list_file):
         if not line.strip():
             continue
         parts = line.rsplit(maxsplit=1)
-        if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
+        if len(parts) != 2 or not re.fullmatch(r"-?[0-9]+", parts[1]):  # ASCII digits: int() of "²" raises
             raise DatasetError(f"{list_file}:{number}: expected 'relative/path label', got {line!r}")
+        if len(parts[1].lstrip("-")) > LABEL_DIGITS:
+            raise DatasetError(f"{list_file}:{number}: label {parts[1][:20]}... is out of range")
         label = int(parts[1])
         if label < 0:
             raise DatasetError(f"{list_file}:{number}: negative label {label}")
         path = root / parts[0].strip()
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError as e:  # a name too long for the file system, a folder it may not read
+            raise DatasetError(f"{list_file}:{number}: image {path}: {e.strerror or e}") from None
+        if not found:
             raise DatasetError(f"{list_file}:{number}: image {path} does not exist")
         samples.append((path, label))
     if not samples:
         raise DatasetError(f"{list_file}: no images listed")
     return samples
+
+
+def _list_lines(list_file: Path):
+    """(number, line) of a UTF-8 list file, read a line at a time (any newline convention, as PaddleClas reads it),
+    each at most MAX_LIST_LINE characters: a giant line is refused when met, not read whole."""
+    try:
+        # a BOM (Windows editors write one) is skipped; bytes that are not UTF-8 are refused at their line
+        with open(list_file, encoding="utf-8-sig", errors="surrogateescape") as f:
+            for number, line in enumerate(iter(lambda: f.readline(MAX_LIST_LINE + 1), ""), start=1):
+                if len(line) > MAX_LIST_LINE:
+                    raise DatasetError(f"{list_file}:{number}: line longer than {MAX_LIST_LINE} characters; "
+                                       "not a list file")  # fmt: skip
+                if _UNDECODABLE.search(line):
+                    raise DatasetError(f"{list_file}:{number}: not UTF-8 text")
+                yield number, line.rstrip("\n")
+    except OSError as e:
+        raise DatasetError(f"{list_file}: cannot read: {e.strerror or e}") from None
 
 
 def load_samples(data: str | Path, root: str | Path | None = None) -> list[tuple[Path, int]]:

@@ -32,9 +32,11 @@ async def read_body(request, limit: int) -> bytes:
     The rest is read and dropped rather than the connection cut, so the client gets to see the 413; past 4x the
     limit the server stops listening.
     """
-    declared = request.headers.get("content-length")
+    declared = request.headers.get("content-length", "")
     too_large = RequestError(413, "body_too_large", f"the body is larger than the limit of {limit} bytes")
-    if declared is not None and declared.isdigit() and int(declared) > 4 * limit:
+    # ASCII digits only ("9¹" is digits to str.isdigit and not to int), and too many of them is too large: int()
+    # refuses over 4300 digits
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > 4 * limit):
         raise too_large
     chunks, size = [], 0
     try:
@@ -113,11 +115,13 @@ def own_the_pixel_limit() -> None:
 
 def to_tensor(data: bytes, transform, max_pixels: int):
     """The model's input [3, H, W] float32 for this upload, through `transform` (the same one `vitzoo predict` uses)."""
-    from ..data.transforms import BadImageError
+    from ..data.transforms import BadImageError, ImageTooLargeError
 
     check_size(data, max_pixels)
     try:
         return transform(data)
+    except ImageTooLargeError as e:  # vitzoo's own limit (VITZOO_MAX_IMAGE_PIXELS), where it is under --max-megapixels
+        raise RequestError(413, "image_too_large", str(e).removeprefix("<bytes>: ")) from None
     except BadImageError as e:
         message = str(e).removeprefix("<bytes>: ")
         kind = "truncated_image" if "truncated" in message else "bad_image"
