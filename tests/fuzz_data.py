@@ -297,9 +297,8 @@ def _usable(name: bytes) -> bool:
 
 
 def _observe(tree: FolderTree, samples) -> int:
-    """Branches on the tree built and what the scan made of it. Instrumented under atheris (with `arrange`), they are
-    the fuzzer's only view of the tree's shape: the scan's own code has a handful of branches, and pathlib's were
-    imported before atheris could instrument them."""
+    """Branches on the tree built and what the scan made of it: with `arrange`'s (this module is instrumented), the
+    fuzzer's view of the tree's shape, where the scan's own code has a handful of branches."""
     kinds = {key.rpartition(".")[2][0] for key, path in tree.now.items() if path != tree.home[key]}  # "D0.i1" -> "i"
     shape = len(kinds)
     if "L" in kinds:  # a class folder that is a link
@@ -328,17 +327,8 @@ def _observe(tree: FolderTree, samples) -> int:
 
 
 def _build_folder(workdir: Path):
-    import sys
-
     from vitzoo.data.datasets import DatasetError, load_samples
 
-    if "atheris" in sys.modules:  # fuzzing: see _observe
-        import atheris
-
-        FolderTree.arrange = atheris.instrument_func(FolderTree.arrange)
-        observe = atheris.instrument_func(_observe)
-    else:
-        observe = _observe
     tree = FolderTree(workdir)
 
     def call(data: bytes):
@@ -346,9 +336,9 @@ def _build_folder(workdir: Path):
         try:
             samples = load_samples(tree.root)
         except DatasetError:
-            observe(tree, None)
+            _observe(tree, None)
             raise
-        observe(tree, samples)
+        _observe(tree, samples)
         return samples
 
     return call, str(tree.root)
@@ -498,10 +488,10 @@ TARGETS = {
     "image_transform": Target("image_transform", (*DATA, "PIL.Image", "PIL.ImageFile", *PIL_PLUGINS), _build_image,
                               seeds_image, _image_errors,
                               about="image bytes through the seed transforms (OpenCV; OpenCV + Pillow) and timm's"),
-    "list_file": Target("list_file", DATA, _build_list, seeds_list, _dataset_errors,
+    "list_file": Target("list_file", (*DATA, "pathlib"), _build_list, seeds_list, _dataset_errors,
                         about="PaddleClas list files beside two real images"),
-    "image_folder": Target("image_folder", DATA, _build_folder, seeds_folder, _dataset_errors,
-                           about="ImageNet-layout folders: names, suffixes, links, loops, empty classes"),
+    "image_folder": Target("image_folder", (*DATA, "pathlib", "fuzz_data"), _build_folder, seeds_folder,
+                           _dataset_errors, about="ImageNet-layout folders: names, suffixes, links, loops"),
     "serve_request": Target("serve_request", ("vitzoo.serve.images", *DATA, "starlette.formparsers",
                                               "python_multipart", "PIL.Image", *PIL_PLUGINS),
                             _build_request, seeds_request, _request_errors, error_ok=_request_error_ok,
