@@ -24,7 +24,8 @@ PICKLE = ("pickle",)  # vitzoo's unpickler is pickle._Unpickler
 TORCH = ("zipfile", "torch.serialization", "torch._weights_only_unpickler")
 NPZ = ("zipfile", "numpy.lib._format_impl")
 ARCH = dict(num_classes=3, img_size=16, patch_size=8, embed_dim=8, depth=1, num_heads=2)
-HF_SEPARATOR = b"\n--vitzoo-fuzz-weights--\n"  # a Hugging Face folder input: config.json, this, the weights file
+HF_SEPARATOR = b"\n--vitzoo-fuzz-weights--\n"
+MEMORY_MB = 512  # beyond the warm process: inputs are < 20 KB and the readers may make 4x the input + 1 MiB  # a Hugging Face folder input: config.json, this, the weights file
 
 
 def tiny_model(distilled: bool = False):
@@ -234,15 +235,21 @@ def seeds_hf_folder(folder: Path) -> None:
         (folder / name).write_bytes(data)
 
 
+def _target(name: str, instrument: tuple, build, seeds, about: str) -> Target:
+    return Target(name, instrument, build, seeds, _errors, about=about, memory_mb=MEMORY_MB)
+
+
 TARGETS = {
-    "weights_pdparams": Target("weights_pdparams", INSTRUMENT + PICKLE, _file_target(".pdparams"), seeds_pdparams, _errors,
-                               about="PaddleClas pickles, protocols 2 and 4, big-array splits"),
-    "weights_torch": Target("weights_torch", INSTRUMENT + TORCH, _file_target(".pth"), seeds_torch, _errors,
-                            about="torch.save zip and legacy pickles, DeiT/timm/DDP wrappers"),
-    "weights_safetensors": Target("weights_safetensors", INSTRUMENT, _file_target(".safetensors"),
-                                  seeds_safetensors, _errors, about="safetensors, with and without vitzoo metadata"),
-    "weights_npz": Target("weights_npz", INSTRUMENT + NPZ, _file_target(".npz"), seeds_npz, _errors,
-                          about="Google's ViT .npz (stored and deflated)"),
-    "weights_hf_folder": Target("weights_hf_folder", INSTRUMENT, _build_hf_folder, seeds_hf_folder, _errors,
-                                about="a Hugging Face folder: config.json + model.safetensors"),
+    t.name: t
+    for t in (
+        _target("weights_pdparams", INSTRUMENT + PICKLE, _file_target(".pdparams"), seeds_pdparams,
+                "PaddleClas pickles, protocols 2 and 4, big-array splits"),
+        _target("weights_torch", INSTRUMENT + TORCH, _file_target(".pth"), seeds_torch,
+                "torch.save zip and legacy pickles, DeiT/timm/DDP wrappers"),
+        _target("weights_safetensors", INSTRUMENT, _file_target(".safetensors"), seeds_safetensors,
+                "safetensors, with and without vitzoo metadata"),
+        _target("weights_npz", INSTRUMENT + NPZ, _file_target(".npz"), seeds_npz, "Google's ViT .npz (stored and deflated)"),
+        _target("weights_hf_folder", INSTRUMENT, _build_hf_folder, seeds_hf_folder,
+                "a Hugging Face folder: config.json + model.safetensors"),
+    )
 }  # fmt: skip

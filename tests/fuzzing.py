@@ -30,8 +30,6 @@ from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 TARGET_MODULES = ("fuzz_weights", "fuzz_data")  # each defines TARGETS: {name: Target}
-RSS_LIMIT_MB = 3072  # the process with torch, cv2 and PIL imported sits near 600 MB; a bomb crosses this at once
-ADDRESS_HEADROOM_MB = 2048  # address space allowed beyond what the warm process has mapped (see _limit_address_space)
 TIMEOUT_S = 10  # per input: a hang, not a slow input (the slowest seeds run in milliseconds)
 
 # -- the canary: code run from an input ---------------------------------------------------------------------------------
@@ -97,6 +95,7 @@ class Target:
     errors: Callable[[], tuple[type, ...]]
     error_ok: Callable[[BaseException], bool] = lambda e: True
     about: str = ""
+    memory_mb: int = 2048  # memory an input may take beyond the warm process (address space and RSS)
 
 
 def targets() -> dict[str, Target]:
@@ -174,8 +173,8 @@ def main(argv: list[str]) -> None:
             if not any(folder.iterdir()):
                 target.seeds(folder)
     one_input = prepare(target, workdir / target.name)
-    _limit_address_space(ADDRESS_HEADROOM_MB)
-    defaults = [f"-rss_limit_mb={RSS_LIMIT_MB}", f"-timeout={TIMEOUT_S}", "-print_final_stats=1"]
+    resident_mb = _limit_memory(target.memory_mb)
+    defaults = [f"-rss_limit_mb={resident_mb + target.memory_mb}", f"-timeout={TIMEOUT_S}", "-print_final_stats=1"]
     given = {f.split("=")[0] for f in flags}
     flags += [d for d in defaults if d.split("=")[0] not in given]
     # libFuzzer re-runs argv[0] through the shell to minimise a crash: make it the whole command for this target
@@ -184,17 +183,20 @@ def main(argv: list[str]) -> None:
     atheris.Fuzz()
 
 
-def _limit_address_space(headroom_mb: int) -> None:
-    """Cap the address space a little above what the process has mapped once warm: an input that makes a reader
-    reserve gigabytes (even untouched) then fails inside the reader with a MemoryError and a traceback, a finding
-    with its input, where libFuzzer's RSS watch only sees touched memory and often cannot tell which input it was."""
+def _limit_memory(headroom_mb: int) -> int:
+    """Cap the address space `headroom_mb` above what the warm process has mapped; returns its resident MB (libFuzzer's
+    RSS limit is set the same headroom above). An input that makes a reader reserve more (even untouched) fails inside
+    the reader with a MemoryError and a traceback: a finding with its input, where libFuzzer's RSS watch only sees
+    touched memory and often cannot tell which input it was. Readers must not catch MemoryError as a refusal."""
     import resource
 
-    mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    pages = Path("/proc/self/statm").read_text().split()
+    mapped, resident = (int(n) * os.sysconf("SC_PAGE_SIZE") for n in pages[:2])
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = mapped + (headroom_mb << 20)
     if hard == resource.RLIM_INFINITY or limit < hard:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    return resident >> 20
 
 
 def _instrument_loaded(atheris, module) -> None:

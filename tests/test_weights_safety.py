@@ -54,7 +54,7 @@ def test_the_unpickler_is_pythons_own_and_consults_only_the_allow_list(monkeypat
     assert issubclass(pdparams._RestrictedUnpickler, pickle._Unpickler)
     monkeypatch.setattr(pdparams._RestrictedUnpickler, "ALLOWED", {})
     with pytest.raises(pickle.UnpicklingError, match="refused global numpy.dtype"):
-        pdparams._RestrictedUnpickler(io.BytesIO(b"")).find_class("numpy", "dtype")
+        pdparams._RestrictedUnpickler(io.BytesIO(b""), 0).find_class("numpy", "dtype")
 
 
 # --- payloads ----------------------------------------------------------------------------------------------------------
@@ -243,6 +243,25 @@ def test_pdparams_counted_bytes_past_the_end(tmp_path):
     path = tmp_path / "bomb.pdparams"
     path.write_bytes(b"\x80\x04}" + _text("x") + b"\x8e" + struct.pack("<Q", 4 << 30) + b"abc" + b"s.")
     refused_within(path, 16 * MB, "claims 4294967296 bytes")
+
+
+def test_pdparams_bytearray_claiming_13_gb(tmp_path):
+    """BYTEARRAY8 (protocol 5): even Python's own unpickler makes and zeroes the bytearray before reading it
+    (found by fuzzing: a 50-byte file, 13.6 GB resident)."""
+    path = tmp_path / "bomb.pdparams"
+    path.write_bytes(b"\x80\x05}" + _text("x") + b"\x96" + struct.pack("<Q", 13 << 30) + b"abc" + b"s.")
+    refused_within(path, 16 * MB, "protocol-5 buffer")
+
+
+def test_pdparams_one_string_encoded_again_and_again(tmp_path):
+    """_codecs.encode is allowed (protocol 2 stores bytes through it); through the memo a 1 MB string is encoded
+    2000 times in 24 KB more of pickle: 2 GB of bytes."""
+    big = "a" * MB
+    data = b"\x80\x02}(" + _text("k0") + b"c_codecs\nencode\nq\x01" + _text(big) + b"q\x02" + _text("latin1")
+    data += b"q\x03\x86R" + b"".join(_text(f"k{i}") + b"h\x01h\x02h\x03\x86R" for i in range(1, 2000)) + b"u."
+    path = tmp_path / "bomb.pdparams"
+    path.write_bytes(data)
+    refused_within(path, 32 * MB, "memo-reuse bomb")
 
 
 def test_pdparams_memo_index_far_out(tmp_path):

@@ -165,7 +165,7 @@ def _read_npy(path: Path, info: zipfile.ZipInfo, f) -> np.ndarray:
     read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
     try:  # numpy parses the header as a Python literal: a garbled one raises the tokenizer's and parser's errors
         shape, fortran_order, dtype = read_header(f, max_header_size=10_000)
-    except (ValueError, SyntaxError, tokenize.TokenError, TypeError, MemoryError, RecursionError) as e:
+    except (ValueError, SyntaxError, tokenize.TokenError, TypeError, RecursionError) as e:
         raise WeightsError(f"{path}: member {info.filename!r}: bad .npy header: {type(e).__name__}: {e}") from None
     if dtype.hasobject or dtype.kind not in "fiubc":
         raise WeightsError(f"{path}: member {info.filename!r} holds {dtype} values, not numbers")

@@ -23,8 +23,8 @@ from .common import WeightsError
 
 _SPLIT_INFO = "UnpackBigParamInfor@@"  # paddle.framework.io_utils._unpack_saved_dict (protocol 2/3 only)
 _BOOKKEEPING = ("StructuredToParameterName@@", _SPLIT_INFO)
-_CORRUPT = (  # what a truncated or garbled pickle raises besides UnpicklingError
-    EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError, OverflowError, struct.error,
+_CORRUPT = (  # what a truncated or garbled pickle raises besides UnpicklingError (not MemoryError: that is a bug)
+    EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, OverflowError, struct.error,
 )  # fmt: skip
 _NUMERIC_KINDS = "fiub"  # float, int, uint, bool: an object or structured array is not a weight
 
@@ -111,6 +111,17 @@ class _RestrictedUnpickler(pickle._Unpickler):
 
     ALLOWED = ALLOWED_GLOBALS
 
+    def __init__(self, file: _BoundedFile, size: int, **kwargs):
+        super().__init__(file, **kwargs)
+        # what the allowed calls may make in all: protocol 2 stores each array twice (its _codecs.encode bytes,
+        # then the array), so 3x the file; past it, one string encoded again and again through the memo
+        self._budget = 3 * size + (1 << 20)
+
+    def _charge(self, nbytes: int) -> None:
+        self._budget -= nbytes
+        if self._budget < 0:
+            raise pickle.UnpicklingError("the pickle makes more than 3x its size in objects (a memo-reuse bomb?)")
+
     def find_class(self, module, name):
         try:
             return self.ALLOWED[(module, name)]
@@ -132,8 +143,26 @@ class _RestrictedUnpickler(pickle._Unpickler):
         else:
             raise pickle.UnpicklingError(f"refused BUILD of a {type(inst).__name__}: not part of a weight file")
         inst.__setstate__(state)
+        if type(inst) is np.ndarray:
+            self._charge(inst.nbytes)
 
-    dispatch = {**pickle._Unpickler.dispatch, pickle.BUILD[0]: load_build}
+    def load_reduce(self):
+        pickle._Unpickler.load_reduce(self)
+        made = self.stack[-1]
+        self._charge(len(made) if isinstance(made, bytes) else 64 * len(made) if isinstance(made, dict) else 0)
+
+    def refuse_out_of_band(self):
+        """Protocol 5's buffers: BYTEARRAY8 makes (and zeroes) the bytearray it claims before reading it."""
+        raise pickle.UnpicklingError("refused protocol-5 buffer opcode: not part of a .pdparams file")
+
+    dispatch = {
+        **pickle._Unpickler.dispatch,
+        pickle.BUILD[0]: load_build,
+        pickle.REDUCE[0]: load_reduce,
+        pickle.BYTEARRAY8[0]: refuse_out_of_band,
+        pickle.NEXT_BUFFER[0]: refuse_out_of_band,
+        pickle.READONLY_BUFFER[0]: refuse_out_of_band,
+    }
 
 
 def _check_dtype_state(dtype: np.dtype, state) -> None:
@@ -171,7 +200,7 @@ def read_pdparams(path: str | Path) -> dict[str, np.ndarray]:
     try:
         with open(path, "rb") as f:  # streamed: the file's bytes are never held beside the arrays
             size = os.fstat(f.fileno()).st_size
-            obj = _RestrictedUnpickler(_BoundedFile(f, size), encoding="latin1").load()
+            obj = _RestrictedUnpickler(_BoundedFile(f, size), size, encoding="latin1").load()
     except pickle.UnpicklingError as e:
         raise WeightsError(f"{path}: unsafe or invalid pickle: {e}") from None
     except _CORRUPT as e:
