@@ -184,19 +184,20 @@ def main(argv: list[str]) -> None:
 
 
 def _limit_memory(headroom_mb: int) -> int:
-    """Cap the address space `headroom_mb` above what the warm process has mapped; returns its resident MB (libFuzzer's
-    RSS limit is set the same headroom above). An input that makes a reader reserve more (even untouched) fails inside
+    """Cap the address space `headroom_mb` above what the warm process has mapped; returns its peak resident MB
+    (libFuzzer's RSS limit is set the same headroom above). An input that makes a reader reserve more (even untouched) fails inside
     the reader with a MemoryError and a traceback: a finding with its input, where libFuzzer's RSS watch only sees
     touched memory and often cannot tell which input it was. Readers must not catch MemoryError as a refusal."""
     import resource
 
-    pages = Path("/proc/self/statm").read_text().split()
-    mapped, resident = (int(n) * os.sysconf("SC_PAGE_SIZE") for n in pages[:2])
+    mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = mapped + (headroom_mb << 20)
     if hard == resource.RLIM_INFINITY or limit < hard:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-    return resident >> 20
+    # libFuzzer compares its limit with the peak RSS, and writing the seeds (the first import of transformers
+    # compiles its modules) may have peaked above where the process now sits
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
 
 
 def _instrument_loaded(atheris, module) -> None:
