@@ -84,7 +84,7 @@ def to_markdown(doc: dict) -> str:
     lines = [
         "# Fuzzing every reader (atheris, coverage-guided)",
         "",
-        f"Command: `{doc['command']}`  ",
+        "Commands: " + "; ".join(f"`{c}`" for c in doc["commands"]) + " (each row has its own date)  ",
         f"Date: {doc['date']}  ",
         f"Budget per target: {doc['runs']} executions or {doc['seconds']} s, whichever first; -timeout="
         f"{doc['timeout_s']} s per input; memory: the address space and libFuzzer's -rss_limit_mb are the warm "
@@ -142,11 +142,14 @@ def main() -> None:
         rows = list(pool.map(lambda n: run_one(n, args), names))
     out = Path(args.out)
     json_path = out / "fuzz.json"
+    commands = ["python benchmarks/fuzz.py " + shlex.join(sys.argv[1:])]
     if args.merge and json_path.is_file():
-        earlier = [r for r in json.loads(json_path.read_text())["targets"] if r["target"] not in names]
+        before = json.loads(json_path.read_text())
+        earlier = [r for r in before["targets"] if r["target"] not in names]
         rows = sorted(earlier + rows, key=lambda r: r["target"])
+        commands = [c for c in before.get("commands", [before.get("command")]) if c and earlier] + commands
     doc = {
-        "command": "python benchmarks/fuzz.py " + shlex.join(sys.argv[1:]),
+        "commands": commands,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "runs": args.runs,
         "seconds": args.seconds,
