@@ -173,11 +173,15 @@ def time_alternating(
     return {name: Timing.of(batch_size, times[name], round(peaks[name], 1), contended_runs) for name in names}
 
 
-def random_images(model: nn.Module, batch_size: int, device=None, dtype=None) -> torch.Tensor:
-    """A batch of random images of the model's input size, on its device and in its dtype unless told otherwise."""
+def random_images(model: nn.Module, batch_size: int, device=None, dtype=None, seed: int | None = None) -> torch.Tensor:
+    """A batch of random images of the model's input size, on its device and in its dtype unless told otherwise;
+    the same images on every device for a given `seed`."""
     param = next(model.parameters())
     shape = (batch_size, *image_shape(model))
-    return torch.randn(shape, device=device or param.device, dtype=dtype or param.dtype)
+    device, dtype = device or param.device, dtype or param.dtype
+    if seed is None:
+        return torch.randn(shape, device=device, dtype=dtype)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(device, dtype)
 
 
 @torch.inference_mode()

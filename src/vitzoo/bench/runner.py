@@ -23,7 +23,7 @@ from ..infer import (
 )  # fmt: skip
 from ..infer.torch_paths import strict_fp32
 from ..specs import get_spec
-from .latency import device_name, set_threads, time_alternating
+from .latency import device_name, random_images, set_threads, time_alternating
 
 THROUGHPUT_BATCH = {"cpu": 32, "cuda": 256}
 RECORD_FIELDS = (
@@ -47,16 +47,11 @@ def _timing_fields(timing, prefix: str = "") -> dict:
     }  # fmt: skip
 
 
-def _random_images(model: nn.Module, batch_size: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(0)
-    return torch.randn(batch_size, *image_shape(model), generator=gen).to(next(model.parameters()).device)
-
-
 def _fidelity_images(loaded: LoadedModel) -> tuple[torch.Tensor, str]:
     model = loaded.model
     photos = sample_photos(None, transform=loaded.transform())
     if photos is None:
-        return _random_images(model, 8), "8 random images"
+        return random_images(model, 8, dtype=torch.float32, seed=0), "8 random images"
     return photos.to(next(model.parameters()).device), f"{len(photos)} scikit-image photos"
 
 
@@ -76,7 +71,7 @@ def _timm_twin(model: nn.Module) -> tuple[nn.Module, dict]:
     twin = timm_twin(model)
     info = {
         "timm_model": timm_name(model),
-        "timm_logits_max_diff": check_twin(model, twin, _random_images(model, 2)),
+        "timm_logits_max_diff": check_twin(model, twin, random_images(model, 2, dtype=torch.float32, seed=0)),
     }
     if not uses_default_attention(twin):
         info["timm_note"] = "timm's explicit attention: its fused path cannot take this model's scale"
