@@ -250,8 +250,10 @@ def time_group(engines: Mapping[str, Engine], batch_size: int, rounds: int, runs
 
 def cosine_and_agreement(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """The lowest cosine of each image's logits to the reference's, and the share of images with the same top-1."""
-    a, b = torch.from_numpy(logits).float(), torch.from_numpy(reference).float()
-    cosine = torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
+    from ..infer import logits_cosine
+
+    a, b = torch.from_numpy(logits), torch.from_numpy(reference)
+    cosine = logits_cosine(a, b)
     agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     return round(cosine, 6), round(agree, 4)
 

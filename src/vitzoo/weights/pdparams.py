@@ -69,7 +69,7 @@ def _numpy_scalar(dtype, data=None):
 
 
 # The whole allow-list: what PaddleClas's files name, and nothing that runs code or allocates on a claim.
-# tests/test_weights_pdparams_safety.py pins it exactly.
+# tests/test_weights_safety.py pins it exactly.
 ALLOWED_GLOBALS = {
     ("numpy", "ndarray"): _NDArrayName,
     ("numpy", "dtype"): _numeric_dtype,
