@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from vitzoo.bench import bench  # noqa: E402
+from vitzoo.bench import run_bench  # noqa: E402
+from vitzoo.config import BenchConfig  # noqa: E402
 from vitzoo.bench.report import to_markdown  # noqa: E402
 from vitzoo.bench.latency import device_name  # noqa: E402
 from vitzoo.profile import profile  # noqa: E402
@@ -39,13 +40,13 @@ LARGE_MODELS = ["ViT_base_patch16_224", "ViT_large_patch16_224"]
 def sections(runs: int) -> list[dict]:
     """Each section's bench arguments (the same as `vitzoo bench` flags)."""
     return [
-        {"title": "fp32 eager (vitzoo's fast eager path)", "models": EAGER_MODELS, "batch_sizes": (1, 4, 8),
+        {"title": "fp32 eager (vitzoo's fast eager path)", "models": EAGER_MODELS, "batch_sizes": [1, 4, 8],
          "backend": "fast", "timm_baseline": "fp32-eager", "runs": runs},
-        {"title": "best CPU path: bf16 weights + torch.compile", "models": FAST_MODELS, "batch_sizes": (1, 8),
+        {"title": "best CPU path: bf16 weights + torch.compile", "models": FAST_MODELS, "batch_sizes": [1, 8],
          "precision": "bf16", "backend": "compile", "timm_baseline": "fp32-eager", "runs": runs},
-        {"title": "onnxruntime fp32", "models": FAST_MODELS, "batch_sizes": (1, 4, 8), "backend": "onnxruntime",
+        {"title": "onnxruntime fp32", "models": FAST_MODELS, "batch_sizes": [1, 4, 8], "backend": "onnxruntime",
          "timm_baseline": "fp32-eager", "runs": runs},
-        {"title": "large models, fp32 eager (fast), batch 8", "models": LARGE_MODELS[1:], "batch_sizes": (8,),
+        {"title": "large models, fp32 eager (fast), batch 8", "models": LARGE_MODELS[1:], "batch_sizes": [8],
          "backend": "fast", "timm_baseline": "fp32-eager", "runs": max(3, runs // 2)},
     ]  # fmt: skip
 
@@ -142,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     for section in sections(args.runs):
         print(f"cpu.py: {section['title']}", file=sys.stderr, flush=True)
         kwargs = {k: v for k, v in section.items() if k != "title"}
-        records += bench(kwargs.pop("models"), **kwargs, threads=args.threads, warmup=args.warmup, compare="timm",
-                         quiet_wait_s=args.wait_quiet,
-                         progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))  # fmt: skip
+        config = BenchConfig(**kwargs, threads=args.threads, warmup=args.warmup, compare=["timm"],
+                             wait_quiet=args.wait_quiet)  # fmt: skip
+        records += run_bench(config, progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
         commands.append(f"# {section['title']}\n{command(section, args.threads, args.warmup, args.wait_quiet)}")
     gflops_after = matmul_gflops()
     gflops = max(gflops_before, gflops_after)

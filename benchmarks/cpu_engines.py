@@ -6,7 +6,8 @@ turns, one timed at a time, and before each turn the parent waits for the whole 
 spinning threads asleep). Rounds alternate the order (A B C, C B A, ...); an engine's figure is the best of its
 round medians. Each engine also classifies real photographs (scikit-image's samples through the model's seed
 preprocessing), scored by the cosine of its logits to vitzoo fp32 eager's and top-1 agreement. The machinery (the
-worker, the turns) is `vitzoo.bench.engines`, which `vitzoo bench --compare openvino,onnxruntime,paddle` also runs.
+turns) is `vitzoo.bench.engines`, each engine's process `vitzoo.bench.engine_worker`, which `vitzoo bench --compare
+openvino,onnxruntime,paddle` also runs. vitzoo must be installed (pip install -e .): the workers import it.
 
     python benchmarks/cpu_engines.py [--models DeiT_small_patch16_224,ViT_base_patch16_224] [--batch-sizes 1,8]
         [--threads 2] [--rounds 3] [--runs 5] [--no-digits] [--out benchmarks]
@@ -29,12 +30,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
+from vitzoo.bench import engines  # the machinery: a process per engine, turns (the worker: bench.engine_worker)
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "src"))
-
-import torch  # noqa: E402
-
-from vitzoo.bench import engines  # noqa: E402  (the machinery: a process per engine, turns, the worker)
 
 # engine -> (family, precision, backend) as `vitzoo.bench.engines` runs it. vitzoo's paths are its own backends; the
 # peers are what a user runs.

@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from vitzoo.bench import bench  # noqa: E402
+from vitzoo.bench import run_bench  # noqa: E402
+from vitzoo.config import BenchConfig  # noqa: E402
 from vitzoo.bench.report import to_markdown  # noqa: E402
 from vitzoo.specs import list_models  # noqa: E402
 
@@ -80,13 +81,13 @@ def gpu_line() -> str:
 def plan(args) -> list[tuple[str, dict]]:
     """(model, bench keyword arguments) for every section, in the order they run."""
     small_backend = "cudagraph" if args.device.startswith("cuda") else "fast"
-    common = {"device": args.device, "warmup": args.warmup, "runs": args.runs, "compare": "timm"}
+    common = {"device": args.device, "warmup": args.warmup, "runs": args.runs, "compare": ["timm"]}
     steps = []
     for name in args.models:
         steps.append((name, {**common, "batch_sizes": args.batch_sizes, "precision": "fp32", "backend": small_backend}))
         steps.append((name, {**common, "batch_sizes": args.batch_sizes, "precision": "bf16", "backend": small_backend}))
         big = args.throughput_batch or throughput_batch(name)
-        steps.append((name, {**common, "batch_sizes": (), "precision": "bf16", "backend": "eager", "throughput": True,
+        steps.append((name, {**common, "batch_sizes": [], "precision": "bf16", "backend": "eager", "throughput": True,
                              "throughput_batch": big}))  # fmt: skip
     for name in args.compile_models:
         steps.append((name, {**common, "batch_sizes": args.batch_sizes, "precision": "bf16", "backend": "compile",
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         section = f"{name} {kwargs['precision']} {kwargs['backend']}"
         print(f"h200: {section}", flush=True)
         try:
-            records += bench([name], **kwargs)
+            records += run_bench(BenchConfig(models=[name], **kwargs))
         except Exception as e:  # one failing section must not cost the others
             traceback.print_exc()
             errors.append(f"{section}: {e.__class__.__name__}: {str(e).splitlines()[0] if str(e) else ''}")

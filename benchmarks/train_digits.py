@@ -119,8 +119,8 @@ def train_teacher(train_dir: Path, val_dir: Path, out: Path, epochs: int = 15, s
 
 def train_command(train_dir: Path, val_dir: Path, output: Path, epochs: int, distillation: str = "none",
                   teacher: Path | None = None, extra: tuple[str, ...] = ()) -> list[str]:  # fmt: skip
-    """The `vitzoo train` command line of one run (as `python -m vitzoo.train.cli`)."""
-    args = [sys.executable, "-m", "vitzoo.train.cli", *STUDENT, "--data", str(train_dir), "--val", str(val_dir),
+    """The `vitzoo train` command line of one run (as `python -m vitzoo train`)."""
+    args = [sys.executable, "-m", "vitzoo", "train", *STUDENT, "--data", str(train_dir), "--val", str(val_dir),
             "--epochs", str(epochs), "--output", str(output), *SMALL_DATA]  # fmt: skip
     if distillation != "none":
         args += ["--distilled", "--distillation", distillation, "--teacher", str(teacher)]

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 import vitzoo
-from vitzoo.bench import COMPARE_FIELDS, RECORD_FIELDS, bench
+from vitzoo.bench import COMPARE_FIELDS, RECORD_FIELDS, run_bench
+from vitzoo.cli.main import main
+from vitzoo.config import BenchConfig
 from vitzoo.infer import InferencePath
-from vitzoo.bench.cli import main
 from vitzoo.infer.fidelity import lively_init_
 from vitzoo.bench.latency import Timing, measure_latency, time_alternating
 from vitzoo.bench.timm_twin import check_twin, timm_twin
@@ -19,7 +20,9 @@ TINY = "DeiT_tiny_patch16_224"
 
 @pytest.fixture(scope="module")
 def records():
-    return bench([TINY], batch_sizes=(1, 2), warmup=1, runs=3, compare="timm", throughput=True, throughput_batch=3)
+    config = BenchConfig(models=[TINY], batch_sizes=[1, 2], warmup=1, runs=3, compare=["timm"], throughput=True,
+                         throughput_batch=3)  # fmt: skip
+    return run_bench(config)
 
 
 def test_records_have_the_fields_and_sane_values(records):
@@ -62,7 +65,9 @@ def test_vit_small_twin_takes_the_models_attention_scale():
 
 
 def test_bf16_against_timm_fp32_eager_records_the_baseline_and_fidelity():
-    (r,) = bench([TINY], (2,), precision="bf16", warmup=1, runs=1, compare="timm", timm_baseline="fp32-eager")
+    config = BenchConfig(models=[TINY], batch_sizes=[2], precision="bf16", warmup=1, runs=1, compare=["timm"],
+                         timm_baseline="fp32-eager")  # fmt: skip
+    (r,) = run_bench(config)
     assert (r["precision"], r["timm_precision"], r["timm_backend"]) == ("bf16", "fp32", "eager")
     assert r["cosine_vs_fp32_eager"] >= 0.999
     assert r["fidelity_images"] == "8 scikit-image photos"

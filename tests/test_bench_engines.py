@@ -1,15 +1,20 @@
 """`vitzoo bench --compare timm,openvino,onnxruntime,paddle`: vitzoo's path and each peer in a process of its own
-(vitzoo.bench.engines), on a tiny custom model so that a run takes seconds; a peer that cannot run is skipped with one
-line why; unknown peers are refused; each peer's precision; a worker's failure reaches the parent in one line."""
+(vitzoo.bench.engines schedules, vitzoo.bench.engine_worker runs one engine), on a tiny custom model so that a run
+takes seconds; a peer that cannot run is skipped with one line why; unknown peers are refused; each peer's precision;
+a worker's failure reaches the parent in one line."""
 
+import ast
+import inspect
 import json
+import sys
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from vitzoo.bench import engines, paddle_inference
-from vitzoo.bench.cli import main
+from vitzoo.bench import engine_worker, engines, paddle_inference
+from vitzoo.cli.errors import exit_code
+from vitzoo.cli.main import main
 from vitzoo.bench.report import render
 from vitzoo.data import eval_transform
 from vitzoo.factory import write_model_card
@@ -26,16 +31,22 @@ QUICK = ["--batch-sizes", "1", "--rounds", "1", "--runs", "2", "--warmup", "1", 
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> str:
-    """A run folder (model.json and its weights) of a tiny custom ViT: how `vitzoo bench --model` takes a model
-    that is not in the table."""
-    folder = tmp_path_factory.mktemp("tiny_run")
+def tiny_model():
+    """A tiny custom ViT, weights with O(1) activations."""
     cfg = ViTConfig(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4, num_classes=10)
     model = randomize_(build_model(cfg)).eval()
     model.model_name = "custom"
-    save_file(model.state_dict(), folder / "model.safetensors")
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_model, tmp_path_factory) -> str:
+    """A run folder (model.json and its weights) of the tiny custom ViT: how `vitzoo bench --model` takes a model
+    that is not in the table."""
+    folder = tmp_path_factory.mktemp("tiny_run")
+    save_file(tiny_model.state_dict(), folder / "model.safetensors")
     transform = eval_transform("DeiT_tiny_patch16_224", img_size=32)
-    write_model_card(folder, model, [str(i) for i in range(10)], transform, "model.safetensors")
+    write_model_card(folder, tiny_model, [str(i) for i in range(10)], transform, "model.safetensors")
     return str(folder)
 
 
@@ -86,11 +97,11 @@ def test_compare_timm_alone_stays_in_process(tiny_run, capsys):
     assert record["timm_model"] == "timm VisionTransformer of this shape" and record["timm_logits_max_diff"] <= 1e-4
 
 
-def test_unknown_peer_is_an_argparse_error(capsys):
-    with pytest.raises(SystemExit) as exit:
-        main(["bench", "--model", "DeiT_tiny_patch16_224", "--compare", "timm,tensorrt"])
-    assert exit.value.code == 2
-    assert "unknown peer tensorrt; choose from timm, openvino, onnxruntime, paddle" in capsys.readouterr().err
+def test_unknown_peer_is_refused_in_one_line(capsys):
+    assert main(["bench", "--model", "DeiT_tiny_patch16_224", "--compare", "timm,tensorrt"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("vitzoo bench: error: ")
+    assert line.endswith("unknown peer tensorrt; choose from timm, openvino, onnxruntime, paddle")
 
 
 def test_peers_run_at_their_fastest_precision_not_below_the_one_asked_for():
@@ -121,6 +132,45 @@ def test_the_cli_reports_a_failed_engine_in_one_line(tiny_run, capsys, monkeypat
         raise engines.EngineFailed(f"{spec['name']}: ValueError: simulated; its log: {log.name}")
 
     monkeypatch.setattr(engines.Engine, "__init__", fail)
-    assert main(["bench", "--model", tiny_run, "--compare", "onnxruntime", *QUICK, "-q"]) == 1
+    code = main(["bench", "--model", tiny_run, "--compare", "onnxruntime", *QUICK, "-q"])
+    assert code == exit_code(engines.EngineFailed("")) != 0  # as the CLI's table of errors says
     (line,) = capsys.readouterr().err.splitlines()
-    assert line.startswith("vitzoo: error: vitzoo: ValueError: simulated; its log: ")
+    assert line.startswith("vitzoo bench: error: vitzoo: ValueError: simulated; its log: ")
+
+
+def test_engines_through_the_python_api(tiny_model, tmp_path, monkeypatch):
+    """The scheduler's API as bench's runner and benchmarks/cpu_engines.py use it: two vitzoo paths, each in its own
+    worker process (no PYTHONPATH handed down: the worker imports the installed vitzoo), timed in turns, scored
+    against the model's own logits."""
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    photos = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    common = engines.prepare(tmp_path, tiny_model, photos)
+    with torch.inference_mode():
+        reference = tiny_model(photos).numpy()
+    said = []
+    wanted = {"eager": ("vitzoo", "fp32", "eager"), "fast": ("vitzoo", "fp32", "fast")}
+    processes = engines.running(wanted, common, 1, [1, 2], warmup=1, log=tmp_path / "log", say=said.append)
+    with processes as (started, skipped):
+        assert skipped == {} and list(started) == ["eager", "fast"]
+        assert all(engine.proc.args[:3] == [sys.executable, "-m", "vitzoo.bench.engine_worker"]
+                   for engine in started.values())  # fmt: skip
+        timings = engines.time_group(started, batch_size=2, rounds=2, runs=2, quiet_s=0)
+        for name, engine in started.items():
+            assert engine.ready["ready"] and engine.ready["peak_mem_mb"] > 10
+            cosine, agreement = engines.cosine_and_agreement(engine.logits(), reference)
+            assert cosine >= 0.9999 and agreement == 1.0
+    assert [line.split(":")[0] for line in said] == ["eager", "fast"]
+    for t in timings.values():
+        assert len(t["round_medians_ms"]) == 2 and 0 < t["ms_min"] <= t["ms"] <= t["ms_max"]
+        assert t["contended_turns"] is None
+    assert all(engine.proc.returncode is not None for engine in started.values())  # stopped on leaving
+
+
+def test_the_worker_imports_nothing_of_the_scheduler():
+    """No import circle: the worker is told everything in its spec; `_build` is named for what it builds."""
+    tree = ast.parse(inspect.getsource(engine_worker))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not {m for m in imported if m and m.split(".")[-1] == "engines"}
+    assert engines.WORKER == engine_worker.__name__ and callable(engine_worker.build_engine)
+    assert not hasattr(engines, "_build") and not hasattr(engines, "worker")

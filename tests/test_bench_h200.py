@@ -48,5 +48,5 @@ def test_the_gpu_plan_covers_every_model_and_section():
     assert [(k["precision"], k["backend"], k.get("throughput", False)) for k in first] == [
         ("fp32", "cudagraph", False), ("bf16", "cudagraph", False), ("bf16", "eager", True),
     ]  # fmt: skip
-    assert first[2]["throughput_batch"] == 64 and all(k["compare"] == "timm" for _, k in steps)
+    assert first[2]["throughput_batch"] == 64 and all(k["compare"] == ["timm"] for _, k in steps)
     assert steps[-1][1]["backend"] == "compile" and steps[-1][1]["timm_baseline"] == "bf16-cudagraph"

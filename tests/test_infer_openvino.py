@@ -6,6 +6,7 @@ import torch
 
 from conftest import randomize_
 
+from vitzoo.infer import build_path
 from vitzoo.infer.openvino import OpenVINORunner, quantize_int8, unavailable_reason
 from vitzoo.model import ViTConfig, build_model
 
@@ -99,3 +100,14 @@ def test_quantize_int8_saves_ir_from_numpy_batches(exported, tmp_path):
     quantized = quantize_int8(exported[1], batches, out_path=tmp_path / "small_int8.xml")
     assert (tmp_path / "small_int8.xml").exists() and (tmp_path / "small_int8.bin").exists()
     assert any(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+
+
+@pytest.mark.skipif(unavailable_reason("int8") is not None, reason=str(unavailable_reason("int8")))
+def test_an_int8_build_writes_nothing_to_stdout(capfd):
+    """NNCF's progress bars and the exporter's messages go to stderr: stdout stays the caller's (`--format json`)."""
+    model = randomize_(build_model(ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                                             num_classes=10))).eval()  # fmt: skip
+    capfd.readouterr()
+    runner = build_path(model, "int8", calibration=_images(8, 50))
+    assert runner(_images(2, 51)).shape == (2, 10)
+    assert capfd.readouterr().out == ""

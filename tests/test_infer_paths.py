@@ -128,7 +128,7 @@ def test_a_run_folder_carries_architecture_classes_and_transform(run_folder):
     card = json.loads((folder / "model.json").read_text())
     assert card["classes"] == [str(d) for d in range(10)] and card["arch"]["embed_dim"] == 32
     loaded = load_model(folder)
-    assert loaded.name == "custom" and loaded.model.num_classes == 10 and loaded.class_names() == card["classes"]
+    assert loaded.name == "custom" and loaded.model.num_classes == 10 and list(loaded.class_names().labels) == card["classes"]
     image = next((train_dir / "3").iterdir())
     assert loaded.transform()(image).shape == (3, 16, 16)
     with pytest.raises(ValueError, match="custom architecture has no 'seed' protocol"):
@@ -178,7 +178,14 @@ def test_eval_int8_and_openvino_end_to_end_as_fp32(run_folder, tmp_path):
     assert abs(int8["top1"] - fp32["top1"]) <= 0.1 and int8["images"] == fp32["images"] == 20
 
 
-def test_int8_eval_without_calibration_says_how(run_folder, capsys):
+def test_int8_without_calibration_takes_the_runs_train_set_or_says_how(run_folder, tmp_path, capsys):
     folder, _, val_dir = run_folder
-    assert main(["eval", "--model", str(folder), "--data", str(val_dir), "--precision", "int8", "-q"]) == 2
+    out = tmp_path / "int8.json"
+    assert main(["eval", "--model", str(folder), "--data", str(val_dir), "--precision", "int8", "-q", "-o",
+                 str(out)]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["images"] == 20  # calibrated on the run's own train set (model.json says where)
+    image = next((val_dir / "7").iterdir())
+    capsys.readouterr()
+    assert main(["predict", "--model", "DeiT_tiny_patch16_224", "--weights", "w.pth", str(image), "--precision",
+                 "int8"]) == 2  # fmt: skip
     assert "--calibration" in capsys.readouterr().err

@@ -6,12 +6,14 @@ that give O(1) activations, under which numerical error shows.
 
 import copy
 import functools
+import os
+import sys
 
 import pytest
 import torch
 
 import vitzoo
-from vitzoo.bench.cli import main
+from vitzoo.cli.main import main
 from vitzoo.infer.torch_paths import CudaGraphRunner, compile_model, to_precision
 from vitzoo.infer.fidelity import lively_init_, logits_cosine, sample_photos
 
@@ -70,19 +72,48 @@ def test_the_model_computes_the_same_in_every_mode(case):
     assert seen == [(8, tokens, model.embed_dim)] * 2
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_the_trimmed_forward_gives_the_models_logits_and_writes_no_input(case, fused):
+@pytest.mark.parametrize("fused, fused_attn", [(False, True), (True, True), (True, False)])
+def test_the_trimmed_forward_gives_the_models_logits_and_writes_no_input(case, fused, fused_attn):
     from vitzoo.infer.fastpath import TrimmedLogits
 
     _, model, photos, reference = case
     before = photos.clone()
+    trimmed = TrimmedLogits(model, fused=fused, fused_attn=fused_attn)
     with torch.inference_mode():
-        torch.testing.assert_close(TrimmedLogits(model, fused=fused)(photos), reference, atol=1e-5, rtol=0)
+        torch.testing.assert_close(trimmed(photos), reference, atol=1e-5, rtol=0)
     assert torch.equal(photos, before)
     params = dict(model.named_parameters())
     assert all(torch.isfinite(p).all() for p in params.values())
     with torch.inference_mode():  # the fused path wrote nothing into the weights
         torch.testing.assert_close(model(photos), reference, atol=1e-5, rtol=0)
+
+
+def test_the_fused_forward_shares_the_models_weights_and_leaves_its_modules_alone():
+    from vitzoo.infer.fastpath import TrimmedLogits
+
+    _, model, photos, reference = make_case(MODELS[1])
+    model = copy.deepcopy(model)
+    modules = [type(m) for m in model.modules()]
+    fast = TrimmedLogits(model, fused=True, fused_attn=False)
+    assert [type(m) for m in model.modules()] == modules and all(b.attn.fused_attn for b in model.blocks)
+    assert {id(p) for p in fast.parameters()} == {id(p) for p in model.parameters()}  # the same tensors: no copy
+    model.to(torch.bfloat16)  # converted in place after the fast forward was built: it runs the converted weights
+    assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
+    with torch.inference_mode():
+        assert logits_cosine(fast(photos.bfloat16()), reference) >= 0.999
+
+
+def test_stdout_to_stderr_moves_python_and_descriptor_writes_and_restores(capfd):
+    from vitzoo.infer.quiet import stdout_to_stderr
+
+    with pytest.raises(RuntimeError), stdout_to_stderr():
+        print("from print")
+        sys.stdout.flush()
+        os.write(1, b"from fd 1\n")
+        raise RuntimeError
+    print("after")
+    out, err = capfd.readouterr()
+    assert out == "after\n" and err == "from print\nfrom fd 1\n"
 
 
 def test_fused_forward_matches_timm():

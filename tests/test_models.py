@@ -1,4 +1,8 @@
-"""The 15 models' structure against models.md, and the timm-style features users rely on."""
+"""The 15 models' structure against their definitions, and the timm-style features users rely on.
+
+The definitions are PaddleClas's (`ppcls/arch/backbone/model_zoo/vision_transformer.py` and
+`distilled_vision_transformer.py`), after ViT (arXiv:2010.11929) and DeiT (arXiv:2012.12877).
+"""
 
 import pytest
 import torch
@@ -8,7 +12,8 @@ from vitzoo.model import DropPath
 
 from conftest import randomize_
 
-# models.md, "Per-model configuration": width, depth, heads, MLP hidden, qkv bias, scale, LN eps, tokens, keys
+# PaddleClas's configurations: width, depth, heads, MLP hidden, qkv bias, scale, LN eps, tokens, state dict keys.
+# ViT_small_patch16_224 is PaddleClas's (and early timm's) 768-wide model: qk_scale 768**-0.5, eps 1e-5, no qkv bias.
 ARCH = {
     "ViT_small_patch16_224": (768, 8, 8, 2304, False, 768**-0.5, 1e-5, 197, 96),
     "ViT_base_patch16_224": (768, 12, 12, 3072, True, 0.125, 1e-6, 197, 152),
@@ -40,7 +45,7 @@ def test_list_models_is_the_seed_order():
 
 
 @pytest.mark.parametrize("name", list(ARCH))
-def test_architecture_matches_models_md(name):
+def test_architecture_matches_the_definitions(name):
     dim, depth, heads, hidden, qkv_bias, scale, eps, tokens, keys = ARCH[name]
     model = meta_model(name)
     sd = model.state_dict()
@@ -118,6 +123,7 @@ def test_distilled_heads_eval_average_and_training_pair(images):
 def test_attention_maps_explicit_path_equals_sdpa(images):
     model = randomize_(vitzoo.create_model("DeiT_tiny_patch16_224")).eval()
     with torch.no_grad():
+        sdpa_logits = model(images)
         maps = model.get_attention_maps(images)
         assert len(maps) == 12
         assert maps[0].shape == (2, 3, 197, 197)
@@ -131,12 +137,26 @@ def test_attention_maps_explicit_path_equals_sdpa(images):
             explicit, attn = block(x, return_attn=True)
             torch.testing.assert_close(explicit, fused, atol=1e-5, rtol=1e-5)
             x = fused
+        # fused_attn off (as timm's flag) takes the explicit path for the whole model
+        for block in model.blocks:
+            block.attn.fused_attn = False
+        torch.testing.assert_close(model(images), sdpa_logits, atol=1e-5, rtol=1e-5)
         # and the map is softmax(q k^T * scale), computed here from the qkv weights
         x = model._tokens(images)
         qkv = model.blocks[0].attn.qkv(model.blocks[0].norm1(x)).reshape(2, 197, 3, 3, 64)
         q, k = qkv[:, :, 0].transpose(1, 2), qkv[:, :, 1].transpose(1, 2)
         expected = torch.softmax(q @ k.transpose(-1, -2) / 8.0, dim=-1)
         torch.testing.assert_close(maps[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_block_asked_for_its_first_outputs_gives_those_of_the_full_block(images):
+    model = randomize_(vitzoo.create_model("DeiT_tiny_distilled_patch16_224")).eval()
+    with torch.no_grad():
+        x = model._tokens(images)
+        block = model.blocks[0]
+        torch.testing.assert_close(block(x, num_outputs=2), block(x)[:, :2], atol=1e-5, rtol=0)
+        trimmed, attn = block(x, return_attn=True, num_outputs=2)
+        assert trimmed.shape == (2, 2, 192) and attn.shape == (2, 3, 2, 198)  # two queries over every token
 
 
 def test_forward_intermediates_options(images):

@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m vitzoo.serve ARGS --port P` on 127.0.0.1, its output in `log`; `stop()` ends it and its children."""
+    """`python -m vitzoo serve ARGS --port P` on 127.0.0.1, its output in `log`; `stop()` ends it and its children."""
 
     def __init__(self, args: list[str], log: Path, env: dict | None = None):
         self.port = free_port()
@@ -47,7 +47,7 @@ class ServerProcess:
         self.log = log
         with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the server
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vitzoo.serve", *args, "--host", "127.0.0.1", "--port", str(self.port)],
+                [sys.executable, "-m", "vitzoo", "serve", *args, "--host", "127.0.0.1", "--port", str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True,
             )  # fmt: skip
         # trust_env=False: no proxy from the environment; this client only ever talks to 127.0.0.1
@@ -172,7 +172,7 @@ def test_top_k_and_names(server):
     assert len(answer["top"]) == 12
     probabilities = [t["probability"] for t in answer["top"]]
     assert probabilities == sorted(probabilities, reverse=True)
-    assert all(t["wnid"].startswith("n") and t["names"] for t in answer["top"])  # ImageNet's names for 1000 classes
+    assert all(t["wnid"].startswith("n") and t["label"] for t in answer["top"])  # ImageNet's names for 1000 classes
 
 
 # -- dynamic batching ---------------------------------------------------------------------------------------------------
@@ -430,39 +430,31 @@ def test_a_trained_run_serves_its_own_class_names(run_folder, tmp_path, capsys):
 
 # -- the command line ---------------------------------------------------------------------------------------------------
 def test_the_serve_subcommand_parses_and_refuses_bad_setups(tmp_path, weights, capsys):
-    import argparse
+    from vitzoo.cli.flags import config_values
+    from vitzoo.cli.main import build_parser
+    from vitzoo.serve import ServeConfig
 
-    from vitzoo.serve import cli
-
-    parser = argparse.ArgumentParser(prog="vitzoo")
-    cli.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", "--model", NAME, "--weights", "w.safetensors"])
-    assert (args.host, args.port, args.max_batch_size, args.batch_timeout_ms, args.workers) == ("127.0.0.1", 8000, 16, 5.0, 1)
-    assert args.precision == "fp32" and args.func is cli.run_command
+    args = build_parser().parse_args(["serve", "--model", NAME, "--weights", "w.safetensors"])
+    config = ServeConfig(**config_values(ServeConfig, args))
+    assert (config.host, config.port, config.max_batch_size, config.batch_timeout_ms, config.workers) == \
+        ("127.0.0.1", 8000, 16, 5.0, 1)  # fmt: skip
+    assert config.precision == "fp32" and config.weights == "w.safetensors"
 
     names = tmp_path / "names.txt"
     names.write_text("cat\ndog\n")
-    assert cli.main(["--model", NAME, "--weights", str(weights), "--class-names", str(names)]) == 2
+    assert vitzoo_main(["serve", "--model", NAME, "--weights", str(weights), "--class-names", str(names)]) == 2
     assert "2 class names for a model with 1000 outputs" in capsys.readouterr().err
-    assert cli.main(["--model", NAME]) == 2
+    assert vitzoo_main(["serve", "--model", NAME]) == 2
     assert "--weights is needed" in capsys.readouterr().err
-    assert cli.main(["--model", NAME, "--weights", str(weights), "--max-batch-size", "0"]) == 2
-    assert cli.main(["--model", "NoSuchModel", "--weights", str(weights)]) == 2
-
-
-def test_help_needs_no_web_stack():
-    code = ("import sys; from vitzoo.serve import cli; import argparse; p = argparse.ArgumentParser(); "
-            "cli.add_parser(p.add_subparsers()); "
-            "print(sorted(m for m in ('fastapi', 'litserve', 'uvicorn', 'prometheus_client') if m in sys.modules))")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert vitzoo_main(["serve", "--model", NAME, "--weights", str(weights), "--max-batch-size", "0"]) == 2
+    assert vitzoo_main(["serve", "--model", "NoSuchModel", "--weights", str(weights)]) == 2
 
 
 def test_a_model_that_cannot_load_stops_the_server(tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a checkpoint")
     port = free_port()
-    done = subprocess.run([sys.executable, "-m", "vitzoo.serve", "--model", NAME, "--weights", str(broken),
+    done = subprocess.run([sys.executable, "-m", "vitzoo", "serve", "--model", NAME, "--weights", str(broken),
                            "--port", str(port)], capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 1, done.stderr
     assert "could not load the model" in done.stderr

@@ -34,8 +34,9 @@ def vitzoo_cli(*args, cwd):
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("table")
     val = root / "val"
+    wnids = [wnid for wnid, _ in vitzoo.imagenet_classes()[:4]]  # folders named by ImageNet class, as its val set
     for i, photo in enumerate(PHOTOS * 2):  # 12 images in 4 classes
-        folder = val / f"n{i % 4:08d}"
+        folder = val / wnids[i % 4]
         folder.mkdir(parents=True, exist_ok=True)
         with Image.open(SAMPLES / photo) as img:
             img = img.convert("RGB")
@@ -80,3 +81,14 @@ def test_table_data_equals_eval_keeps_results_and_has_the_seeds_columns(setup):
 
 def kept_top1(root, name):
     return json.loads((root / f"{name}.eval.json").read_text())["top1"]
+
+
+def test_a_set_not_named_by_imagenet_class_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    from vitzoo.bench import accuracy
+    from vitzoo.data.datasets import DatasetError
+
+    (tmp_path / "cats").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cats" / "0.jpg")
+    monkeypatch.setattr(accuracy, "create_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    with pytest.raises(DatasetError, match="'cats' are not among the model's 1000 classes"):
+        accuracy.measure_accuracy(MODELS[:1], tmp_path, weights="paddleclas")

@@ -34,7 +34,7 @@ def free_port():
 def torchrun(digits, output, *extra):
     train_dir, val_dir = digits
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), "-m", "vitzoo.train.cli", "--model", "custom", "--width", "32",
+            "--master_port", str(free_port()), "-m", "vitzoo", "train", "--model", "custom", "--width", "32",
             "--depth", "2", "--heads", "2", "--patch-size", "4", "--img-size", "16", "--data", str(train_dir),
             "--val", str(val_dir), "--epochs", "2", "--batch-size", "8", "--lr", "5e-3", "--warmup-epochs", "1",
             "--workers", "0", "--threads", "1", "--save-every-steps", "3", "--keep-epoch-checkpoints",

@@ -28,7 +28,7 @@ def digits(tmp_path_factory):
 def command(digits, output, *extra):
     train_dir, val_dir = digits
     # the full recipe (Mixup/CutMix, RandAugment, erasing, stochastic depth, EMA), on a tiny distilled model
-    return [sys.executable, "-m", "vitzoo.train.cli", "--model", "custom", "--width", "32", "--depth", "2",
+    return [sys.executable, "-m", "vitzoo", "train", "--model", "custom", "--width", "32", "--depth", "2",
             "--heads", "2", "--patch-size", "4", "--img-size", "16", "--distilled", "--data", str(train_dir),
             "--val", str(val_dir), "--epochs", str(EPOCHS), "--batch-size", "16", "--lr", "5e-3",
             "--warmup-epochs", "1", "--save-every-steps", "2", "--threads", "1", "--seed", "7", "--output", str(output),

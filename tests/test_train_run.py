@@ -118,15 +118,16 @@ def test_finetune_a_named_model_to_new_classes_and_size(digits, tmp_path):
 
 
 def test_cli_reports_errors_and_exit_code(digits, tmp_path, capsys):
-    from vitzoo.train.cli import main
+    from vitzoo.cli.main import main
 
     train_dir, val_dir = digits
-    code = main(["--model", "custom", "--width", "32", "--data", str(train_dir), "--val", str(val_dir)])
+    code = main(["train", "--model", "custom", "--width", "32", "--data", str(train_dir), "--val", str(val_dir)])
     assert code == 2 and "a custom model needs depth, heads, patch_size, img_size" in capsys.readouterr().err
-    code = main(["--model", "NoSuchNet", "--data", str(train_dir), "--val", str(val_dir), "--output", str(tmp_path)])
+    code = main(["train", "--model", "NoSuchNet", "--data", str(train_dir), "--val", str(val_dir), "--output",
+                 str(tmp_path)])  # fmt: skip
     assert code == 2 and "NoSuchNet" in capsys.readouterr().err
     (tmp_path / "r.yaml").write_text("epochz: 3\n")
-    code = main(["--config", str(tmp_path / "r.yaml"), "--model", "custom"])
+    code = main(["train", "--config", str(tmp_path / "r.yaml"), "--model", "custom"])
     assert code == 2 and "unknown key 'epochz' (did you mean 'epochs'?)" in capsys.readouterr().err
 
 

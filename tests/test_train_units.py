@@ -196,13 +196,16 @@ def test_inconsistent_settings(settings, message):
 
 
 def test_cli_flags_are_the_config_fields():
-    from vitzoo.train.cli import build_parser
+    from vitzoo.cli.flags import config_values
+    from vitzoo.cli.main import build_parser
 
     args = build_parser().parse_args(
-        ["--model", "custom", "--crop-scale", "0.3", "1", "--no-ema", "--clip-grad", "none", "--distillation-tau", "2"]
-    )
-    assert vars(args) == {"config": None, "model": "custom", "crop_scale": [0.3, 1.0], "ema": False,
-                          "clip_grad": None, "distillation_tau": 2.0}  # fmt: skip
+        ["train", "--model", "custom", "--crop-scale", "0.3", "1", "--no-ema", "--clip-grad", "none",
+         "--distillation-tau", "2"]
+    )  # fmt: skip
+    assert args.config is None
+    assert config_values(TrainConfig, args) == {"model": "custom", "crop_scale": [0.3, 1.0], "ema": False,
+                                                "clip_grad": None, "distillation_tau": 2.0}  # fmt: skip
 
 
 # -- teachers -------------------------------------------------------------------------------------------------------

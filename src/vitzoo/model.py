@@ -1,7 +1,10 @@
 """The Vision Transformer of ViT and DeiT, and DeiT's distilled variant.
 
 One implementation for all 15 models. Parameter names are timm's (shared by DeiT and PaddleClas), so a state dict
-moves between vitzoo, timm and DeiT unchanged. Architecture facts: shared/reference/models.md.
+moves between vitzoo, timm and DeiT unchanged. The architecture is ViT's (Dosovitskiy et al., arXiv:2010.11929;
+google-research/vision_transformer) and DeiT's (Touvron et al., arXiv:2012.12877; facebookresearch/deit), with each
+model's configuration as PaddleClas defines it (`ppcls/arch/backbone/model_zoo/vision_transformer.py` and
+`distilled_vision_transformer.py`) and the layout of timm's `timm/models/vision_transformer.py`.
 """
 
 from __future__ import annotations
@@ -79,11 +82,15 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool, qk_scale: float | None, attn_drop: float, proj_drop: float):
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool, qk_scale: float | None, attn_drop: float, proj_drop: float
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale if qk_scale is not None else self.head_dim**-0.5
+        # as timm: True runs F.scaled_dot_product_attention, False the explicit softmax(q k^T * scale) v
+        self.fused_attn = True
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
@@ -91,7 +98,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attn: bool = False, num_queries: int | None = None):
         """Self-attention over x [B, N, C]; with `num_queries`, only the first that many tokens' outputs (they still
-        attend to every token)."""
+        attend to every token). `return_attn` also returns the attention map (through the explicit path)."""
         B, N, C = x.shape
         # qkv rows are [q | k | v], each head-contiguous: q, k, v are views [B, heads, N, head_dim], no copies.
         qkv = self.qkv(x)
@@ -99,12 +106,12 @@ class Attention(nn.Module):
         if num_queries is not None:
             q = q[:, :, :num_queries]
         drop = self.attn_drop if self.training else 0.0
-        if return_attn:  # the explicit path, the attention map materialised for callers who look at it
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            x = F.dropout(attn, drop) @ v
-        else:
+        if self.fused_attn and not return_attn:
             attn = None
             x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        else:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            x = F.dropout(attn, drop) @ v
         # SDPA's CPU and CUDA kernels return [B, heads, n, d] as a transposed [B, n, heads, d]: the reshape is a view
         x = self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, q.shape[2], C)))
         return (x, attn) if return_attn else x
@@ -237,10 +244,10 @@ class VisionTransformer(nn.Module):
         prefix = torch.cat(self._prefix_params(), dim=1)
         return self.pos_drop(torch.cat((prefix.expand(x.shape[0], -1, -1), x), dim=1) + self.pos_embed)
 
-    def _run_block(self, block: Block, x: torch.Tensor, num_outputs: int | None = None) -> torch.Tensor:
+    def _run_block(self, block: Block, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, num_outputs=num_outputs, use_reentrant=False)
-        return block(x, num_outputs=num_outputs)
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image -> final normalised tokens [B, N, D] (prefix tokens first)."""

@@ -1,7 +1,8 @@
 """The 15 models of the seed: architecture, evaluation protocol and the seed's published figures.
 
 This table is the single source of truth: model construction, the CLI, eval defaults and benchmarks read from it.
-Architecture: shared/reference/models.md; eval protocol: preprocessing.md; figures: the seed page itself.
+Architecture: PaddleClas's `ppcls/arch/backbone/model_zoo/vision_transformer.py` and `deit.py`; eval protocol: its
+`ppcls/configs/ImageNet/{VisionTransformer,DeiT}/*.yaml`; figures: PaddleClas's "ViT and DeiT series" model-zoo page.
 """
 
 from __future__ import annotations
@@ -149,5 +150,9 @@ def get_spec(name: str) -> ModelSpec:
     """The spec of a model by its PaddleClas name, matched case-insensitively."""
     spec = _BY_LOWER.get(str(name).lower())
     if spec is None:
-        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(SPECS)}")
+        import difflib
+
+        close = difflib.get_close_matches(str(name).lower(), _BY_LOWER, n=1, cutoff=0.8)
+        hint = f" (did you mean {_BY_LOWER[close[0]].name}?)" if close else ""
+        raise UnknownModelError(f"unknown model {name!r}{hint}; known models: {', '.join(SPECS)}")
     return spec

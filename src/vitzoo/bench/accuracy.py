@@ -14,10 +14,12 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ..data.datasets import DatasetError, check_labels, load_samples
+from ..data.datasets import DatasetError
 from ..data.transforms import eval_transform
-from ..evaluate import DistContext, evaluate
+from ..distributed import DistContext
+from ..evaluate import evaluate, labelled_samples
 from ..factory import create_model
+from ..labels import ClassNames
 from ..profile import profile
 from ..specs import get_spec
 
@@ -54,10 +56,13 @@ def measure_accuracy(
     ctx: DistContext | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, dict]:
-    """model -> its `vitzoo eval` result (top1, top5, images, ...), kept in `output_dir/<model>.json` per model."""
+    """model -> its `vitzoo eval` result (top1, top5, images, ...), kept in `output_dir/<model>.json` per model.
+
+    The table's models all classify ImageNet-1k: the set's class folders are matched to ImageNet's classes by their
+    WordNet ids (a list file's labels are class indices), once for every model, before any is evaluated."""
     ctx = ctx or DistContext()
     say = progress or (lambda message: None)
-    samples = load_samples(data, root)
+    samples = labelled_samples(data, root, ClassNames.imagenet())
     out = Path(output_dir) if output_dir else None
     if out is not None and ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -77,7 +82,6 @@ def measure_accuracy(
                 continue
         say(f"{name}: evaluating {len(samples)} images")
         model = create_model(name, weights=source)
-        check_labels(samples, model.num_classes, str(data))
         result = evaluate(model, samples, eval_transform(name, protocol), batch_size=batch_size, workers=workers,
                           device=device, progress=False, ctx=ctx)  # fmt: skip
         record = {"model": name, "key": key, "device": str(device), **result}

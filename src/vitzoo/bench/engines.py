@@ -16,9 +16,9 @@ asleep, other processes gone). An engine's figure is the best of its round media
 An engine is (family, precision, backend). Family "vitzoo": vitzoo's model through `vitzoo.infer.build_path`;
 "timm": timm's twin holding the same weights through the same paths (backends "openvino" and "onnxruntime" run timm's
 ONNX export); "paddle": PaddleClas's model code in Paddle Inference (`vitzoo.bench.paddle_inference`). Every engine
-loads the same state dict and classifies the same photographs. The worker is `python -m vitzoo.bench.engines SPEC`:
-JSON lines in on stdin, out on the stdout it started with (whatever else prints there is sent to stderr).
-"""
+loads the same state dict and classifies the same photographs. This module is the parent's side; the worker is
+`vitzoo.bench.engine_worker` (`python -m vitzoo.bench.engine_worker SPEC`): JSON lines in on stdin, out on the stdout
+it started with (whatever else prints there is sent to stderr). The worker imports nothing from here."""
 
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ import statistics
 import subprocess
 import sys
 import time
-import traceback
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, NamedTuple, Sequence
@@ -128,6 +127,9 @@ def prepare(workdir: str | Path, model, photos: torch.Tensor, calibration: torch
 
 
 # -- the parent -------------------------------------------------------------------------------------------------------
+WORKER = "vitzoo.bench.engine_worker"  # the module each engine's process runs (`python -m WORKER SPEC`)
+
+
 class EngineFailed(RuntimeError):
     """A worker could not build its engine, or died: one line, naming the engine and the workers' log."""
 
@@ -139,15 +141,11 @@ class Engine:
         self.name = spec["name"]
         self.spec = spec
         self.log = log
-        root = str(Path(__file__).resolve().parents[2])  # the folder holding this vitzoo: the worker imports it too
-        env = dict(
-            os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=os.pathsep.join(filter(None, [root, os.getenv("PYTHONPATH")])),
-            # set before any import: Paddle's oneDNN takes its thread count from it at start (and paddle sets it to 1
-            # in os.environ when it is unset)
-            OMP_NUM_THREADS=str(spec["threads"]),
-        )  # fmt: skip
+        # OMP_NUM_THREADS is set before any import: Paddle's oneDNN takes its thread count from it at start (and
+        # paddle sets it to 1 in os.environ when it is unset). The worker imports the installed vitzoo, as this does.
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(spec["threads"]))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", __name__, json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, "-m", WORKER, json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=log, text=True, env=env,
         )  # fmt: skip
         self.ready = self._receive()
@@ -256,85 +254,3 @@ def cosine_and_agreement(logits: np.ndarray, reference: np.ndarray) -> tuple[flo
     cosine = logits_cosine(a, b)
     agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
     return round(cosine, 6), round(agree, 4)
-
-
-# -- the worker: one engine in its own process ------------------------------------------------------------------------
-_PROTOCOL = sys.stdout
-
-
-def _send(message: dict) -> None:
-    _PROTOCOL.write(json.dumps(message) + "\n")
-    _PROTOCOL.flush()
-
-
-def _build(spec: dict, calibration):
-    """The engine's `run(images) -> logits`."""
-    from safetensors.torch import load_file
-
-    from ..model import ViTConfig, build_model
-
-    model = build_model(ViTConfig(**spec["arch"])).eval()
-    model.model_name = spec["model_name"]
-    model.load_state_dict(load_file(spec["weights"]))
-    family, precision, backend = spec["family"], spec["precision"], spec["backend"]
-    workdir = Path(spec["workdir"]) / spec["slug"]
-    if family == "paddle":
-        from .paddle_inference import PaddlePredictor, export_paddle
-
-        return PaddlePredictor(export_paddle(model, workdir / "model"), precision, threads=spec["threads"])
-    if family == "timm":
-        from .timm_twin import timm_twin
-
-        model = timm_twin(model)
-    from ..infer import build_path
-
-    return build_path(model, precision, backend, "cpu", calibration, workdir)
-
-
-def worker(spec: dict) -> None:
-    """Build one engine, warm it up at each batch size, classify the photographs (logits to spec["logits_out"]),
-    then time forwards on request."""
-    global _PROTOCOL
-    _PROTOCOL = os.fdopen(os.dup(1), "w")  # the protocol keeps the real stdout; the rest (NNCF's progress, C
-    os.dup2(2, 1)  # libraries) goes to stderr
-    from .latency import _peak_memory_mb, _reset_peak_memory
-
-    try:
-        torch.set_num_threads(spec["threads"])
-        photos = torch.from_numpy(np.load(spec["photos"]))
-        calibration = None
-        if spec["precision"] == "int8" and spec.get("calibration"):
-            calibration = torch.from_numpy(np.load(spec["calibration"]))
-        start = time.perf_counter()
-        run = _build(spec, calibration)
-        _reset_peak_memory(torch.device("cpu"))
-        inputs = {bs: torch.randn(bs, *photos.shape[1:], generator=torch.Generator().manual_seed(bs))
-                  for bs in spec["batch_sizes"]}  # fmt: skip
-        with torch.inference_mode():
-            for x in inputs.values():  # first calls compile, pack weights, create primitives
-                for _ in range(spec["warmup"]):
-                    run(x)
-            peak = _peak_memory_mb(torch.device("cpu"))
-            np.save(spec["logits_out"], run(photos).float().numpy())
-    except Exception as e:
-        traceback.print_exc()
-        _send({"error": f"{type(e).__name__}: {e}".splitlines()[0]})
-        return
-    _send({"ready": True, "build_s": round(time.perf_counter() - start, 1), "notes": getattr(run, "notes", ""),
-           "peak_mem_mb": round(peak, 1)})  # fmt: skip
-    for line in sys.stdin:
-        request = json.loads(line)
-        if request.get("quit"):
-            break
-        x = inputs[request["batch_size"]]
-        times = []
-        with torch.inference_mode():
-            for _ in range(request["runs"]):
-                tick = time.perf_counter()
-                run(x)
-                times.append((time.perf_counter() - tick) * 1000.0)
-        _send({"times_ms": times})
-
-
-if __name__ == "__main__":
-    worker(json.loads(sys.argv[1]))

@@ -173,6 +173,32 @@ def time_alternating(
     return {name: Timing.of(batch_size, times[name], round(peaks[name], 1), contended_runs) for name in names}
 
 
+@torch.inference_mode()
+def time_cell(
+    fn: Callable[[], object],
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    warmup: int = 1,
+    runs: int = 3,
+    budget_s: float = 1.0,
+    max_runs: int = 1000,
+) -> Timing:
+    """One cell of a table: `warmup` untimed forwards, then at least `runs` timed ones, more (up to `max_runs`)
+    while the cell, warm-up included, has taken less than `budget_s`. A slow forward gets its `runs` and no more; a
+    fast one as many as fit, for a steadier median."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    device = torch.device(device)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    while len(times) < runs or (len(times) < max_runs and time.perf_counter() - start < budget_s):
+        times.append(_time_once_ms(fn, device))
+    return Timing.of(batch_size, times)
+
+
 def random_images(model: nn.Module, batch_size: int, device=None, dtype=None, seed: int | None = None) -> torch.Tensor:
     """A batch of random images of the model's input size, on its device and in its dtype unless told otherwise;
     the same images on every device for a given `seed`."""

@@ -3,26 +3,25 @@ beside timm's equivalent holding the same weights, timed in the same process, al
 among openvino, onnxruntime and paddle, beside every peer named, each engine in its own process (`engines.py`).
 
 One record per (model, precision, backend, device, batch size); see `RECORD_FIELDS`. A path other than fp32 eager
-also records the cosine similarity of its logits to fp32 eager's on real photographs (`vitzoo.infer.fidelity`).
-With engines in processes, one record per engine and batch size (`ENGINE_FIELDS`), and one for each peer skipped.
+also records the cosine similarity of its logits to fp32 eager's on images of the model's own kind: a trained run's
+validation set where the run recorded it, else real photographs (`vitzoo.infer.fidelity`); the record says which.
+With engines in processes, one record per engine and batch size, and one for each peer skipped.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable
 
 import torch
 from torch import nn
 
-from ..factory import LoadedModel, create_model, load_model
-from ..infer import (
-    InferencePath, PathUnavailable, build_path, calibration_images, image_shape, lively_init_, logits_cosine,
-    sample_photos,
-)  # fmt: skip
+from ..config import BenchConfig, ConfigError
+from ..factory import LoadedModel, check_calibration, load_model, resolve_model, resolve_models
+from ..infer import InferencePath, build_path, calibration_images, image_shape, lively_init_, logits_cosine, sample_photos
 from ..infer.torch_paths import strict_fp32
-from ..specs import get_spec
+from ..specs import SPECS
 from .latency import device_name, random_images, set_threads, time_alternating
 
 THROUGHPUT_BATCH = {"cpu": 32, "cuda": 256}
@@ -31,7 +30,7 @@ RECORD_FIELDS = (
     "peak_mem_mb",
 )  # fmt: skip
 COMPARE_FIELDS = ("timm_ms_median", "ratio")
-ENGINE_FIELDS = ("engine", "engine_version", "ratio", "cosine_vs_fp32_eager", "isolation")  # ratio: peers only
+FIDELITY_IMAGES = 8  # images of the model's own kind the cosine to fp32 eager is taken over
 ENGINE_WAIT_S = 10.0  # engines in processes: how long to wait before each turn for an idle CPU, unless told
 
 
@@ -48,21 +47,39 @@ def _timing_fields(timing, prefix: str = "") -> dict:
 
 
 def _fidelity_images(loaded: LoadedModel) -> tuple[torch.Tensor, str]:
+    """Images of the model's own kind, preprocessed its way: a trained run's validation set where it recorded one,
+    else scikit-image's photographs (else random images), and what they are."""
     model = loaded.model
+    device = next(model.parameters()).device
+    own = loaded.data_set("val")
+    if own is not None:
+        images = calibration_images(own[0], loaded.transform(), FIDELITY_IMAGES, root=own[1])
+        return images.to(device), f"{len(images)} images of the run's val set {own[0]}"
     photos = sample_photos(None, transform=loaded.transform())
     if photos is None:
-        return random_images(model, 8, dtype=torch.float32, seed=0), "8 random images"
-    return photos.to(next(model.parameters()).device), f"{len(photos)} scikit-image photos"
+        return random_images(model, FIDELITY_IMAGES, dtype=torch.float32, seed=0), f"{FIDELITY_IMAGES} random images"
+    return photos.to(device), f"{len(photos)} scikit-image photos"
 
 
-def _build(name: str, device: str, weights: str | None) -> LoadedModel:
-    if Path(name).is_dir():  # a trained run: its own weights
+def _calibration(loaded: LoadedModel, config: BenchConfig) -> tuple[torch.Tensor, str]:
+    """int8's calibration images (`LoadedModel.calibration_source`: --calibration, else the run's train set)."""
+    data, root, what = loaded.calibration_source(config.calibration)
+    return calibration_images(data, loaded.transform(), config.calibration_size, root=root), what
+
+
+def _load(name: str, device: str, weights: str | None) -> LoadedModel:
+    """The model to time: a trained run with its own weights, a table model with `weights`, or with random weights
+    whose activations stay O(1) (timing does not depend on the values; near-zero ones would flatter lossy paths)."""
+    if resolve_model(name).kind == "run":
         loaded = load_model(name, weights)
         loaded.model.to(device)
         return loaded
     with torch.device(device):  # parameters made (and initialised) on the device itself
-        model = create_model(name, weights=weights) if weights else lively_init_(create_model(name))
-    return LoadedModel(model.eval(), model.model_name, name)
+        loaded = load_model(name, weights, random_weights=weights is None)
+    if weights is None:
+        lively_init_(loaded.model)
+    loaded.model.eval()
+    return loaded
 
 
 def _timm_twin(model: nn.Module) -> tuple[nn.Module, dict]:
@@ -80,37 +97,28 @@ def _timm_twin(model: nn.Module) -> tuple[nn.Module, dict]:
 
 @torch.inference_mode()
 def _bench_model(
-    name: str,
-    path: InferencePath,
-    sizes: Sequence[tuple[int, bool]],
-    warmup: int,
-    runs: int,
-    twin_path: InferencePath | None,
-    weights: str | None,
-    calibration_source,
-    calibration_size: int,
-    quiet_wait_s: float,
-    say: Callable[[str], None],
-    workdir: Path,
+    name: str, path: InferencePath, sizes, twin_path: InferencePath | None, config: BenchConfig, say, workdir: Path
 ) -> list[dict]:
-    """The records of one model (see `bench`); `sizes`: (batch size, is the throughput figure)."""
-    loaded = _build(name, path.device, weights)
+    """The records of one model (see `run_bench`); `sizes`: (batch size, is the throughput figure)."""
+    loaded = _load(name, path.device, config.weights)
     model = loaded.model
     fidelity = (path.precision, path.backend) != ("fp32", "eager")
     if fidelity:  # fp32 eager's logits, before the model is converted in place
-        photos, photos_note = _fidelity_images(loaded)
-        reference = model(photos)
-    calibration = None
-    if path.precision == "int8":
-        calibration = photos
-        if calibration_source:
-            calibration = calibration_images(calibration_source, loaded.transform(), calibration_size)
+        images, images_note = _fidelity_images(loaded)
+        reference = model(images)
+    calibration = calibration_note = None
+    if path.precision == "int8" or (twin_path is not None and twin_path.precision == "int8"):
+        calibration, calibration_note = _calibration(loaded, config)
     if twin_path is not None:
         twin, twin_info = _timm_twin(model)
         twin_run = build_path(twin, twin_path.precision, twin_path.backend, twin_path.device, calibration, workdir / "timm")
         twin_info.update({f"timm_{k}": v for k, v in twin_path.fields().items() if k != "device"})
     run = build_path(model, path.precision, path.backend, path.device, calibration, workdir / "vitzoo")
-    common = {"model": loaded.name if loaded.name != "custom" else name, **path.fields(), "device_name": device_name(path.device), "path_notes": run.notes}
+    common = {"model": loaded.name if loaded.name != "custom" else name, **path.fields(),
+              "device_name": device_name(path.device), "path_notes": run.notes}  # fmt: skip
+    if calibration_note:
+        common["calibration"] = calibration_note
+    quiet_s = config.wait_quiet or 0.0
     records = []
     for bs, throughput in sizes:
         say(f"{name} {path.precision} {path.backend} {path.device} batch {bs}")
@@ -118,23 +126,30 @@ def _bench_model(
         candidates = {"vitzoo": lambda: run(x)}
         if twin_path is not None:
             candidates["timm"] = lambda: twin_run(x)
-        timings = time_alternating(candidates, bs, path.device, warmup, runs, quiet_wait_s)
-        record = {**common, "batch_size": bs, **_timing_fields(timings["vitzoo"]), "runs": runs, "warmup": warmup}
+        timings = time_alternating(candidates, bs, path.device, config.warmup, config.runs, quiet_s)
+        record = {**common, "batch_size": bs, **_timing_fields(timings["vitzoo"]), "runs": config.runs,
+                  "warmup": config.warmup}  # fmt: skip
         if timings["vitzoo"].contended_runs is not None:
             record["contended_runs"] = timings["vitzoo"].contended_runs
-        seed_ms = None if throughput or loaded.name == "custom" else get_spec(loaded.name).seed.latency_ms.get(bs)
-        record.update(throughput=throughput, seed_v100_ms=seed_ms)
+        record.update(throughput=throughput, seed_v100_ms=_seed_ms(loaded, bs, throughput))
         if twin_path is not None:
             ratio = round(timings["vitzoo"].ms_median / timings["timm"].ms_median, 4)
             record.update(**twin_info, **_timing_fields(timings["timm"], "timm_"), ratio=ratio)
         records.append(record)
-    if fidelity:  # at a batch size already compiled/captured, the photos repeated to fill it
+    if fidelity:  # at a batch size already compiled/captured, the images repeated to fill it
         bs = max(bs for bs, _ in sizes)
-        pick = torch.arange(bs, device=photos.device) % len(photos)
-        cosine = round(logits_cosine(run(photos[pick]), reference[pick]), 6)
+        pick = torch.arange(bs, device=images.device) % len(images)
+        cosine = round(logits_cosine(run(images[pick]), reference[pick]), 6)
         for record in records:
-            record.update(cosine_vs_fp32_eager=cosine, fidelity_images=photos_note)
+            record.update(cosine_vs_fp32_eager=cosine, fidelity_images=images_note)
     return records
+
+
+def _seed_ms(loaded: LoadedModel, batch_size: int, throughput: bool) -> float | None:
+    """The seed's V100 figure for this batch size, where the seed has one."""
+    if throughput or loaded.name not in SPECS:
+        return None
+    return SPECS[loaded.name].seed.latency_ms.get(batch_size)
 
 
 def _isolation(threads: int, rounds: int, runs: int, quiet_s: float) -> str:
@@ -147,48 +162,42 @@ def _isolation(threads: int, rounds: int, runs: int, quiet_s: float) -> str:
 
 
 def _bench_engines(
-    name: str,
-    path: InferencePath,
-    sizes: Sequence[tuple[int, bool]],
-    peers: Sequence[str],
-    twin_path: InferencePath | None,
-    settings: dict,
-    say: Callable[[str], None],
+    name: str, path: InferencePath, sizes, peers, twin_path: InferencePath | None, config: BenchConfig, say,
     workdir: Path,
-) -> list[dict]:
-    """The records of one model set against `peers`, each engine in its own process (see `bench`)."""
+) -> list[dict]:  # fmt: skip
+    """The records of one model set against `peers`, each engine in its own process (see `run_bench`)."""
     from . import engines
 
-    loaded = _build(name, "cpu", settings["weights"])
+    loaded = _load(name, "cpu", config.weights)
     model = loaded.model
-    photos, photos_note = _fidelity_images(loaded)
+    images, images_note = _fidelity_images(loaded)
     with torch.inference_mode():
-        reference = model(photos).numpy()
+        reference = model(images).numpy()
     wanted = {"vitzoo": ("vitzoo", path.precision, path.backend)}
     wanted.update({peer: engines.peer_engine(peer, path.precision, twin_path) for peer in peers})
-    calibration = None
+    calibration = calibration_note = None
     if any(precision == "int8" for _, precision, _ in wanted.values()):
-        calibration = photos
-        if settings["calibration"]:
-            calibration = calibration_images(settings["calibration"], loaded.transform(), settings["calibration_size"])
-    common = engines.prepare(workdir / "engines", model, photos, calibration)
-    threads, rounds, runs, quiet_s = (settings[k] for k in ("threads", "rounds", "runs", "quiet_wait_s"))
+        calibration, calibration_note = _calibration(loaded, config)
+    common = engines.prepare(workdir / "engines", model, images, calibration)
+    threads = config.threads or torch.get_num_threads()
+    quiet_s = ENGINE_WAIT_S if config.wait_quiet is None else config.wait_quiet
     model_name = loaded.name if loaded.name != "custom" else name
     what = {"vitzoo": f"vitzoo's model, {path.name}", **{peer: engines.PEERS[peer].what for peer in peers}}
     if twin_path is not None:
         what["timm"] = f"timm's model, {twin_path.name}"
-    shared = {"device": "cpu", "device_name": device_name("cpu"), "rounds": rounds, "runs": runs,
-              "warmup": settings["warmup"], "threads": threads, "fidelity_images": photos_note,
-              "isolation": _isolation(threads, rounds, runs, quiet_s)}  # fmt: skip
+    shared = {"device": "cpu", "device_name": device_name("cpu"), "rounds": config.rounds, "runs": config.runs,
+              "warmup": config.warmup, "threads": threads, "fidelity_images": images_note,
+              "isolation": _isolation(threads, config.rounds, config.runs, quiet_s)}  # fmt: skip
+    if calibration_note:
+        shared["calibration"] = calibration_note
     records = []
     log = workdir / "engines.log"
-    processes = engines.running(wanted, common, threads, [bs for bs, _ in sizes], settings["warmup"], log, say)
+    processes = engines.running(wanted, common, threads, [bs for bs, _ in sizes], config.warmup, log, say)
     with processes as (started, skipped):
         logits = {engine: started[engine].logits() for engine in started}
         for bs, throughput in sizes:
             say(f"{name} batch {bs}: {', '.join(started)}, in turns")
-            timings = engines.time_group(started, bs, rounds, runs, quiet_s)
-            seed_ms = None if throughput or loaded.name == "custom" else get_spec(loaded.name).seed.latency_ms.get(bs)
+            timings = engines.time_group(started, bs, config.rounds, config.runs, quiet_s)
             for engine, t in timings.items():
                 _, precision, backend = wanted[engine]
                 cosine, agreement = engines.cosine_and_agreement(logits[engine], reference)
@@ -197,9 +206,9 @@ def _bench_engines(
                     "precision": precision, "backend": backend, **shared, "batch_size": bs, "ms_median": t["ms"],
                     "ms_min": t["ms_min"], "ms_max": t["ms_max"], "images_per_s": t["images_per_s"],
                     "round_medians_ms": t["round_medians_ms"], "peak_mem_mb": started[engine].ready["peak_mem_mb"],
-                    "throughput": throughput, "seed_v100_ms": seed_ms, "cosine_vs_fp32_eager": cosine,
-                    "top1_agreement": agreement, "runs_on": what[engine], "path_notes": started[engine].ready["notes"],
-                    "build_s": started[engine].ready["build_s"],
+                    "throughput": throughput, "seed_v100_ms": _seed_ms(loaded, bs, throughput),
+                    "cosine_vs_fp32_eager": cosine, "top1_agreement": agreement, "runs_on": what[engine],
+                    "path_notes": started[engine].ready["notes"], "build_s": started[engine].ready["build_s"],
                 }  # fmt: skip
                 if engine != "vitzoo":
                     record["ratio"] = round(timings["vitzoo"]["ms"] / t["ms"], 4)
@@ -213,84 +222,61 @@ def _bench_engines(
     return records
 
 
-def bench(
-    models: Iterable[str],
-    batch_sizes: Sequence[int] = (1, 4, 8),
-    precision: str = "fp32",
-    backend: str = "eager",
-    device: str = "cpu",
-    threads: int | None = None,
-    warmup: int = 3,
-    runs: int = 10,
-    throughput: bool = False,
-    throughput_batch: int | None = None,
-    compare: str | Sequence[str] | None = None,
-    timm_baseline: str = "same",
-    weights: str | None = None,
-    calibration=None,
-    calibration_size: int = 300,
-    quiet_wait_s: float | None = None,
-    progress: Callable[[str], None] | None = None,
-    rounds: int = 3,
-) -> list[dict]:
-    """Time `models` through one inference path; a list of records (`RECORD_FIELDS`; with compare="timm",
-    `COMPARE_FIELDS` and the rest of timm's figures; off fp32 eager, the logits' cosine to fp32 eager's).
+def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None) -> list[dict]:
+    """`vitzoo bench`: time `config.models` through one inference path; a list of records (`RECORD_FIELDS`; with
+    compare=["timm"], `COMPARE_FIELDS` and the rest of timm's figures; off fp32 eager, the logits' cosine to fp32
+    eager's on images of the model's own kind, and which).
 
     Milliseconds per batch of random images (median, min, max over `runs` after `warmup`), images/s at the median,
     peak memory, the seed's V100 FP32 figure for that batch size. `throughput` adds a large batch
-    (`throughput_batch`, default 32 on CPU, 256 on CUDA). compare="timm" builds timm's equivalent with vitzoo's
+    (`throughput_batch`, default 32 on CPU, 256 on CUDA). compare=["timm"] builds timm's equivalent with vitzoo's
     weights, checks both hold the same weights and give the same fp32 logits, and times it in alternation, through
     the same path (timm_baseline="same") or another one ("fp32-eager", "bf16-cudagraph", ...). Without `weights`,
-    models hold random weights with O(1) activations (`lively_init_`): timing does not depend on the values.
-    On a shared CPU, `quiet_wait_s` waits before each timed round for other processes to go idle (see
-    `time_alternating`); records then count the rounds begun while they were not (`contended_runs`).
+    models hold random weights with O(1) activations (`lively_init_`). int8 is calibrated on `calibration` (or a
+    trained run's own train set). On a shared CPU, `wait_quiet` waits before each timed round for other processes
+    to go idle (see `time_alternating`); records then count the rounds begun while they were not (`contended_runs`).
 
-    compare="timm,openvino,onnxruntime,paddle" (any of them but timm alone; a comma list or a sequence) times, on
-    the CPU, vitzoo's path and every peer named, each holding the same weights in its own process, taking turns
-    (`engines.py`): `rounds` rounds of `runs` forwards, waiting before each turn up to `quiet_wait_s` (default 10 s)
-    for an idle CPU; the figure is the best round median. A peer runs at its fastest precision not below the one
-    asked for (timm: `timm_baseline`); one this machine cannot run gets a record saying why ("skipped").
+    compare with any of openvino, onnxruntime, paddle times, on the CPU, vitzoo's path and every peer named, each
+    holding the same weights in its own process, taking turns (`engines.py`): `rounds` rounds of `runs` forwards,
+    waiting before each turn up to `wait_quiet` (default 10 s) for an idle CPU; the figure is the best round median.
+    A peer runs at its fastest precision not below the one asked for (timm: `timm_baseline`); one this machine
+    cannot run gets a record saying why ("skipped"). `progress` receives a line per step.
     """
-    device = str(torch.device(device))
-    path = InferencePath(precision, backend, device)
-    reason = path.unavailable_reason()
-    if reason:
-        raise PathUnavailable(reason)
-    from .engines import parse_peers  # here: `python -m vitzoo.bench.engines` must find it not yet imported
+    from .engines import parse_peers
 
-    peers = parse_peers(compare)
+    config.check()
+    device = str(torch.device(config.device))
+    path = InferencePath(config.precision, config.backend, device).require()
+    try:
+        peers = parse_peers(config.compare)
+    except ValueError as e:
+        raise ConfigError(f"--compare: {e}") from None
     in_process = peers in ((), ("timm",))
     if not in_process and path.on_cuda:
-        raise ValueError("--compare with openvino, onnxruntime or paddle sets CPU engines against each other: "
-                         "run it with --device cpu")  # fmt: skip
-    if runs < 1 or rounds < 1:
-        raise ValueError(f"runs and rounds must be >= 1, got {runs} and {rounds}")
+        raise ConfigError("--compare with openvino, onnxruntime or paddle sets CPU engines against each other: "
+                          "run it with --device cpu")  # fmt: skip
     twin_path = None
     if "timm" in peers:
-        twin_path = path if timm_baseline == "same" else InferencePath.parse(timm_baseline, device)
-    names = [name if Path(name).is_dir() else get_spec(name).name for name in models]
-    set_threads(threads)
-    if torch.device(device).type == "cuda":
+        try:
+            twin_path = path if config.timm_baseline == "same" else InferencePath.parse(config.timm_baseline, device)
+        except ValueError as e:
+            raise ConfigError(f"--timm-baseline: {e}") from None
+    names = [ref.name for ref in resolve_models(config.models)]
+    for name in names:
+        check_calibration(name, config.precision, config.calibration)
+    set_threads(config.threads)
+    if path.on_cuda:
         strict_fp32()  # fp32 runs, vitzoo's and timm's, without TF32
-    sizes = [(bs, False) for bs in batch_sizes]
-    if throughput:
-        sizes.append((throughput_batch or THROUGHPUT_BATCH[torch.device(device).type], True))
-    if not sizes:
-        raise ValueError("no batch sizes to time")
+    sizes = [(bs, False) for bs in config.batch_sizes]
+    if config.throughput:
+        sizes.append((config.throughput_batch or THROUGHPUT_BATCH[torch.device(device).type], True))
     say = progress or (lambda message: None)
-    settings = {
-        "weights": weights, "calibration": calibration, "calibration_size": calibration_size, "warmup": warmup,
-        "runs": runs, "rounds": rounds, "threads": threads or torch.get_num_threads(),
-        "quiet_wait_s": ENGINE_WAIT_S if quiet_wait_s is None else quiet_wait_s,
-    }  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vitzoo-bench-") as tmp:
         records = []
         for name in names:
-            if not in_process:
-                records += _bench_engines(name, path, sizes, peers, twin_path, settings, say, Path(tmp))
-                continue
-            records += _bench_model(
-                name, path, sizes, warmup, runs, twin_path, weights, calibration, calibration_size, quiet_wait_s or 0.0,
-                say, Path(tmp),
-            )  # fmt: skip
+            if in_process:
+                records += _bench_model(name, path, sizes, twin_path, config, say, Path(tmp))
+            else:
+                records += _bench_engines(name, path, sizes, peers, twin_path, config, say, Path(tmp))
         return records
+

@@ -111,21 +111,26 @@ def load_samples(data: str | Path, root: str | Path | None = None) -> list[tuple
     raise DatasetError(f"{data}: no such folder or list file")
 
 
-def check_labels(samples: list[tuple[Path, int]], num_classes: int, source: str) -> None:
-    for path, label in samples:
-        if label >= num_classes:
-            raise DatasetError(f"{source}: label {label} of {path} is out of range for a {num_classes}-class model")
+def image_root(data: str | Path, root: str | Path | None = None) -> Path:
+    """The folder a set's image paths are relative to: a list file's root (default: its folder), or the folder."""
+    data = Path(data)
+    return Path(root) if root else (data if data.is_dir() else data.parent)
+
+
+def folder_classes(data: str | Path) -> list[str] | None:
+    """The class folder names of an image folder in label order (sorted), or None for a list file."""
+    data = Path(data)
+    return sorted(p.name for p in data.iterdir() if p.is_dir()) if data.is_dir() else None
 
 
 class EvalDataset(Dataset):
-    """(tensor, label, index, decode_s, preprocess_s); a bad image gives None under on_bad_image="skip"."""
+    """{"image", "label", "index", "decode_s", "preprocess_s"}, or {"index", "bad": message} for an image that cannot
+    be read. A bad image is never raised here: in a loader worker the error would reach the caller wrapped in the
+    worker's traceback; `collate` passes it on and the consumer decides (`raise_bad` to stop at the first)."""
 
-    def __init__(self, samples: list[tuple[Path, int]], transform: Callable, on_bad_image: str = "fail"):
-        if on_bad_image not in ("fail", "skip"):
-            raise ValueError(f"on_bad_image must be 'fail' or 'skip', got {on_bad_image!r}")
+    def __init__(self, samples: list[tuple[Path, int]], transform: Callable):
         self.samples = samples
         self.transform = transform
-        self.on_bad_image = on_bad_image
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -135,10 +140,14 @@ class EvalDataset(Dataset):
         try:
             tensor, decode_s, preprocess_s = self.transform.timed(path)
         except BadImageError as e:
-            if self.on_bad_image == "fail":
-                raise
             return {"index": index, "bad": str(e)}
         return {"image": tensor, "label": label, "index": index, "decode_s": decode_s, "preprocess_s": preprocess_s}
+
+
+def raise_bad(batch: dict) -> None:
+    """Stop at a batch's first unreadable image, with its own one-line message."""
+    if batch["bad"]:
+        raise BadImageError(batch["bad"][0])
 
 
 def collate(items: list[dict]) -> dict:

@@ -1,7 +1,7 @@
 """Eval preprocessing: an image -> the normalized CHW float32 tensor a model was evaluated on.
 
 Protocols:
-- "seed": PaddleClas's operators, to the bit (shared/reference/preprocessing.md): OpenCV decode to RGB, short side
+- "seed": PaddleClas's operators, to the bit (`ppcls/data/preprocess/ops/operators.py`): OpenCV decode to RGB, short side
   resized to `round(side * scale)` (Python rounding) with OpenCV INTER_LINEAR (ViT) or Pillow BICUBIC (DeiT), center
   crop at the floor offset, `x * float32(1/255)`, then mean/std in HWC float32.
 - "timm": timm's eval transform: Pillow decode, short side to floor(size / crop_pct) (crop_pct 0.9 at 224, 1.0 at
@@ -12,7 +12,6 @@ Protocols:
 from __future__ import annotations
 
 import io
-import math
 import os
 import struct
 import sys
@@ -23,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..specs import IMAGENET_MEAN, IMAGENET_STD, get_spec
 
-PROTOCOLS = ("seed", "timm", "deit")
+# every eval preprocessing vitzoo knows; "run" is a trained run's own, kept in its model.json (`vitzoo.factory`)
+PROTOCOLS = ("seed", "timm", "deit", "run")
+RUN_PROTOCOL = "run"
 
 # The most pixels an image may have, checked from its header before either decoder allocates anything (a 100-byte
 # file can claim 30000x30000, and a 110 KB one can really be it). 120 megapixels is above the full-size photographs
@@ -59,7 +60,11 @@ _PILLOW_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError
 
 
 def _source_name(image) -> str:
-    return str(image) if isinstance(image, (str, os.PathLike)) else f"<{type(image).__name__}>"
+    """How messages name an image: its path, a file object's name, else its kind ("<bytes>")."""
+    if isinstance(image, (str, os.PathLike)):
+        return str(image)
+    name = getattr(image, "name", None)
+    return name if isinstance(name, str) else f"<{type(image).__name__}>"
 
 
 def import_cv2():
@@ -110,12 +115,18 @@ def _check_header(data: bytes, name: str) -> None:
 
 
 def _read_bytes(image) -> bytes:
+    """The encoded image: bytes as they are, a file object read, a path's file read."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         return bytes(image)
+    name = _source_name(image)
     try:
+        if hasattr(image, "read"):
+            return bytes(image.read())
+        if not isinstance(image, (str, os.PathLike)):
+            raise BadImageError(f"{name}: not an image (give a path, bytes, a file object or a PIL image)")
         return Path(image).read_bytes()
     except OSError as e:
-        raise BadImageError(f"{image}: cannot read: {e.strerror or e}") from None
+        raise BadImageError(f"{name}: cannot read: {e.strerror or e}") from None
 
 
 def _check_complete(data: bytes, name: str) -> None:
@@ -174,8 +185,9 @@ def decode_pil(image) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.convert("RGB")  # convert() forces the full decode, so truncation raises here
-    except _PILLOW_ERRORS as e:
-        raise BadImageError(f"{name}: not a decodable image ({e})") from None
+    except _PILLOW_ERRORS as e:  # Pillow names its in-memory file by repr: say what it means instead
+        reason = "an unrecognised format" if isinstance(e, UnidentifiedImageError) else str(e)
+        raise BadImageError(f"{name}: not a decodable image ({reason})") from None
 
 
 @dataclass(frozen=True)
@@ -257,6 +269,12 @@ class EvalTransform:
         return torch.from_numpy(out)
 
 
+def center_crop_transform(img_size: int, crop_pct: float, mean, std) -> EvalTransform:
+    """timm's and DeiT's eval transform: Pillow decode, short side to int(img_size / crop_pct) (bicubic), center crop
+    with torchvision's rounding, normalise. DeiT's own runs use crop_pct 0.875 (256 for 224)."""
+    return EvalTransform(int(img_size / crop_pct), img_size, "pil_bicubic", tuple(mean), tuple(std), "pil", "torchvision")
+
+
 def timm_crop_pct(size: int) -> float:
     """timm's eval crop for these models: the whole image at 384 and above, 0.9 below."""
     return 1.0 if size >= 384 else 0.9
@@ -281,10 +299,10 @@ def eval_transform(
         resize = seed.resize_short if size == seed.crop else int(round(size * seed.resize_short / seed.crop))
         return EvalTransform(resize, size, seed.interpolation, mean or seed.mean, std or seed.std, "cv2", "paddle")
     if protocol == "timm":
-        crop_pct = timm_crop_pct(size)
-        resize = math.floor(size / crop_pct)
-        return EvalTransform(resize, size, "pil_bicubic", mean or seed.mean, std or seed.std, "pil", "torchvision")
+        return center_crop_transform(size, timm_crop_pct(size), mean or seed.mean, std or seed.std)
     if protocol == "deit":  # the DeiT repo normalizes every model with ImageNet statistics
-        resize = int(256 / 224 * size)
-        return EvalTransform(resize, size, "pil_bicubic", mean or IMAGENET_MEAN, std or IMAGENET_STD, "pil", "torchvision")
+        return center_crop_transform(size, 224 / 256, mean or IMAGENET_MEAN, std or IMAGENET_STD)
+    if protocol == RUN_PROTOCOL:
+        raise ValueError(f"protocol {RUN_PROTOCOL!r} is a trained run's own preprocessing; {spec.name} has seed, timm "
+                         "and deit")  # fmt: skip
     raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")

@@ -16,23 +16,30 @@ from torch import nn
 from ..model import VisionTransformer
 from .fastpath import TrimmedLogits
 from .paths import image_shape
+from .quiet import stdout_to_stderr
 
 DEFAULT_OPSET = 18
+ONNX_FILE_LIMIT = 1_900_000_000  # bytes of weights one .onnx file takes: protobuf refuses messages over 2 GiB
 
 
-def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, example_batch: int = 2) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
     """Write `model` (eval mode, its current dtype and device) to `path` as ONNX: input "images" [batch, C, H, W],
-    output "logits" [batch, classes], the batch axis dynamic."""
+    output "logits" [batch, classes], the batch axis dynamic. The exporter's messages go to stderr."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     param = next(model.parameters())
-    example = torch.randn(example_batch, *image_shape(model), device=param.device, dtype=param.dtype)
-    torch.onnx.export(
-        TrimmedLogits(model) if isinstance(model, VisionTransformer) else model, (example,), str(path), dynamo=True, opset_version=opset,
-        input_names=["images"], output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},),
-        verbose=False,
-    )  # fmt: skip
+    # traced at batch 2: the exporter would take a batch of 1 for a constant, not the dynamic axis
+    example = torch.randn(2, *image_shape(model), device=param.device, dtype=param.dtype)
+    exported = TrimmedLogits(model) if isinstance(model, VisionTransformer) else model
+    # one file, unless the weights pass protobuf's 2 GB limit (ViT-L is 1.2 GB in fp32): then a .onnx.data beside it
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    with stdout_to_stderr():
+        torch.onnx.export(
+            exported, (example,), str(path), dynamo=True, opset_version=opset, input_names=["images"],
+            output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+            external_data=weight_bytes > ONNX_FILE_LIMIT,
+        )  # fmt: skip
     return path
 
 
@@ -82,8 +89,8 @@ class OrtRunner:
 
 
 @torch.inference_mode()
-def onnx_max_diff(model: nn.Module, path: str | Path, batch_size: int = 3) -> float:
+def onnx_max_diff(model: nn.Module, path: str | Path) -> float:
     """Largest |onnxruntime - eager| logit difference on random images (fp32), at a batch size the export never saw."""
-    images = torch.randn(batch_size, *image_shape(model), generator=torch.Generator().manual_seed(0))
+    images = torch.randn(3, *image_shape(model), generator=torch.Generator().manual_seed(0))
     expected = model.eval()(images.to(next(model.parameters()).device)).float().cpu()
     return (OrtRunner(path)(images) - expected).abs().max().item()

@@ -1,20 +1,10 @@
 """OpenVINO on CPU for an exported vitzoo model: fp32, bf16, and NNCF static post-training int8.
 
 Takes vitzoo's ONNX export (`images` [batch, 3, H, W] -> `logits`, which OpenVINO reads directly) or an
-`openvino.Model`. Every choice below was measured on ViT_base_patch16_224 and DeiT_small_patch16_224 with O(1)
-random weights, 2 threads, on a 2-core AMD EPYC (Zen 4: AVX512-VNNI and AVX512-BF16, no AMX), OpenVINO 2026.4,
-NNCF 3.4; cosine is of the logits against fp32 eager on scikit-image's photographs. ViT_base, batch 1, medians
-over iterations during which no other process ran (candidates interleaved, each in its own process):
-
-    NNCF int8 of timm's export, OpenVINO's default config        62.1 ms
-    NNCF int8 of vitzoo's (trimmed) export, default config       58.5 ms
-    + TBB_PARTITIONER "AUTO"                                     50.2 ms
-    + INFERENCE_PRECISION_HINT "bf16": this module's int8        47.9 ms   (0.77x timm's; cosine 0.9996)
-    fp32 / bf16 of vitzoo's export, this module's config         ~170 / 85 ms
-
-torchao's PT2E int8 (X86InductorQuantizer + torch.compile) ran 1.03-1.07x timm's OpenVINO int8 at batch 1 and
-1.2x at batch 8, and slowed down ~10x when other processes shared the CPUs (OpenVINO: 1.5x); onnxruntime's static
-QDQ int8 ran 73 ms.
+`openvino.Model`. The configuration below (vitzoo's trimmed export, NNCF's transformer scheme with SmoothQuant, bf16
+for what int8 leaves in float, TBB's auto partitioner at batch 1, one static-shape compile per batch size) is the
+fastest of the candidates measured at equal fidelity; the study, with its figures and versions, is in
+benchmarks/openvino_study.md.
 """
 
 from __future__ import annotations
@@ -24,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .quiet import stdout_to_stderr
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -83,18 +75,19 @@ def quantize_int8(model_or_path, calibration, out_path: str | Path | None = None
     images are used. Weights are int8 symmetric per output channel, activations int8 per tensor from the calibration
     ranges. NNCF's transformer model type decides what stays in float: LayerNorm, Softmax, GELU and the residual
     adds; every Linear, the patch Conv and the two attention matmuls run in int8, with SmoothQuant (alpha 0.95) moving
-    activation outliers into the weights. Measured (ViT_base, photographs): cosine 0.9996; without the transformer
-    type (LayerNorm and residuals quantized too) 0.91, no faster; without SmoothQuant 0.9988; keeping the head or
-    the attention matmuls in float gains no cosine (attention in float: ~1% slower).
+    activation outliers into the weights. Quantizing LayerNorm and the residuals too, or dropping SmoothQuant, lost
+    fidelity; keeping the head or the attention matmuls in float gained none (benchmarks/openvino_study.md).
+    NNCF's progress bars go to stderr.
     """
     import nncf
     import openvino
 
     items = _calibration_items(calibration)
-    quantized = nncf.quantize(
-        _read(model_or_path), nncf.Dataset(items), subset_size=min(subset_size, len(items)),
-        model_type=nncf.ModelType.TRANSFORMER,
-    )  # fmt: skip
+    with stdout_to_stderr():
+        quantized = nncf.quantize(
+            _read(model_or_path), nncf.Dataset(items), subset_size=min(subset_size, len(items)),
+            model_type=nncf.ModelType.TRANSFORMER,
+        )  # fmt: skip
     if out_path is not None:
         # compress_to_fp16 off: what stays in float keeps its fp32 constants
         openvino.save_model(quantized, str(out_path), compress_to_fp16=False)
@@ -108,7 +101,7 @@ class OpenVINORunner:
     `quantize_int8`; required). `threads` defaults to torch's thread count, for a like-for-like comparison.
 
     One static-shape compile per input shape, cached (a compile takes about a second): a dynamic-batch compile ran
-    ViT_base at batch 1 ~8% slower.
+    slower at batch 1.
     """
 
     def __init__(self, model, precision: str = "fp32", threads: int | None = None, calibration=None):
@@ -128,19 +121,18 @@ class OpenVINORunner:
             # explicit: OpenVINO's CPU default is bf16 wherever the CPU has it
             hint = "f32"
         else:
-            # int8 leaves LayerNorm, Softmax, GELU, residuals and dequantized outputs in float: in bf16 they run ~5%
-            # faster at batch 1 (cosine 0.99960 -> 0.99959)
+            # int8 leaves LayerNorm, Softmax, GELU, residuals and dequantized outputs in float: in bf16 they run
+            # faster, at no measurable cost in cosine
             hint = "bf16" if _native_bf16(self.core) else "f32"
         self.config = {
             "INFERENCE_PRECISION_HINT": hint,
             "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
-            # one stream, all threads on one request: what a single batch needs (THROUGHPUT with one request ran on
-            # one thread, 1.9x slower; splitting a batch of 8 over 2 single-thread streams won only 2-5%)
+            # one stream, all threads on one request: what a single batch needs (THROUGHPUT with one request runs on
+            # one thread; splitting a batch over single-thread streams gained little)
             "PERFORMANCE_HINT": "LATENCY",
         }
-        # TBB's auto partitioner splits each node's work adaptively instead of into fixed equal chunks: at batch 1,
-        # where each node's work is small, ~18% faster for int8 and ~20% for bf16 (ViT_base, 2 threads); at batch 8
-        # ~3% slower than the default static partitioner, so only for batch 1
+        # TBB's auto partitioner splits each node's work adaptively instead of into fixed equal chunks: faster at
+        # batch 1, where each node's work is small, slightly slower at batch 8, so only for batch 1
         self._batch1_config = dict(self.config)
         if "TBB_PARTITIONER" in self.core.get_property("CPU", "SUPPORTED_PROPERTIES"):
             self._batch1_config["TBB_PARTITIONER"] = "AUTO"
@@ -152,7 +144,8 @@ class OpenVINORunner:
             model = self.model.clone()
             model.reshape({0: list(shape)})
             config = self._batch1_config if shape[0] == 1 else self.config
-            request = self.core.compile_model(model, "CPU", config).create_infer_request()
+            with stdout_to_stderr():
+                request = self.core.compile_model(model, "CPU", config).create_infer_request()
             self._requests[shape] = request
         return request
 

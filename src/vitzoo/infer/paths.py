@@ -1,32 +1,18 @@
-"""An inference path: a model run at a precision through a backend on a device, built by one function.
-
-    runner = build_path(model, "int8", "openvino", calibration=images)
-    logits = runner(images)          # fp32 images in (any batch size), fp32 logits out
-
-Backends (what each computes is checked against fp32 eager in tests/test_infer_paths.py):
-- eager: the model exactly as model.py writes it, weights and inputs in the precision.
-- fast: eager with the inference tricks of `TrimmedLogits(fused=True)` (the last block computes only the prefix
-  tokens, in-place residuals, oneDNN linears on CPU): the same logits, less work.
-- compile: torch.compile (inductor, frozen weights) of the trimmed forward.
-- cudagraph: the trimmed forward captured as CUDA graphs, one per batch size (CUDA only).
-- onnxruntime: vitzoo's ONNX export (trimmed) in onnxruntime (fp32).
-- openvino: vitzoo's ONNX export (trimmed) in OpenVINO on CPU: fp32, bf16, and int8 through NNCF's static
-  post-training quantization calibrated on images the caller names.
-A path the machine cannot run raises PathUnavailable with a one-line reason; nothing falls back to another path.
+"""What an inference path is: a model run at a precision through a backend on a device, and whether this machine
+can run it. `vitzoo.infer.build.build_path` builds one; `Runner` is what it returns.
 """
 
 from __future__ import annotations
 
 import functools
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .torch_paths import TORCH_DTYPES, CudaGraphs, compile_model
+from .openvino import unavailable_reason as openvino_unavailable_reason
+from .torch_paths import TORCH_DTYPES
 
 PRECISIONS = (*TORCH_DTYPES, "int8")
 BACKENDS = ("eager", "fast", "compile", "cudagraph", "onnxruntime", "openvino")
@@ -61,6 +47,11 @@ def cpu_has_bf16() -> bool:
     if check is not None and check():
         return True
     return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_amx() -> bool:
+    """Intel's matrix units (AMX) for bf16: where oneDNN's bf16 kernels, SDPA's flash attention among them, are fastest."""
+    return "amx_bf16" in _cpu_flags()
 
 
 @dataclass(frozen=True)
@@ -119,9 +110,7 @@ class InferencePath:
         if self.backend == "openvino":
             if self.on_cuda:
                 return "the openvino backend runs on the CPU only"
-            from .openvino import unavailable_reason
-
-            return unavailable_reason(self.precision)
+            return openvino_unavailable_reason(self.precision)
         if self.backend == "onnxruntime":
             try:
                 import onnxruntime  # noqa: F401
@@ -131,8 +120,12 @@ class InferencePath:
             return "bf16 on this CPU: it has no AVX512-BF16 or AMX, so bf16 would be emulated (slower than fp32)"
         return None
 
-    def build(self, model: nn.Module, calibration=None, workdir: str | Path | None = None) -> "Runner":
-        return build_path(model, self.precision, self.backend, self.device, calibration, workdir)
+    def require(self) -> "InferencePath":
+        """This path, if this machine can run it; else PathUnavailable with `unavailable_reason()`'s line."""
+        reason = self.unavailable_reason()
+        if reason:
+            raise PathUnavailable(reason)
+        return self
 
 
 def image_shape(model: nn.Module) -> tuple[int, int, int]:
@@ -161,75 +154,3 @@ class Runner:
 
     def __repr__(self) -> str:
         return f"Runner({self.path.name} on {self.path.device}{': ' + self.notes if self.notes else ''})"
-
-
-def _calibration_batches(calibration, batch_size: int = 8) -> list:
-    """Calibration images as numpy batches: a tensor [N, C, H, W] split, or an iterable of tensors/arrays."""
-    if calibration is None:
-        return []
-    if isinstance(calibration, torch.Tensor):
-        calibration = calibration.split(batch_size)
-    return [b.detach().float().cpu().numpy() if isinstance(b, torch.Tensor) else b for b in calibration]
-
-
-def build_path(
-    model: nn.Module,
-    precision: str = "fp32",
-    backend: str | None = None,
-    device: str = "cpu",
-    calibration: torch.Tensor | Iterable | None = None,
-    workdir: str | Path | None = None,
-) -> Runner:
-    """`model` (a vitzoo model with fp32 weights) run at `precision` through `backend` on `device`.
-
-    The model is put in eval mode and, for the torch backends, converted to the precision in place (keep a copy if
-    you need the fp32 one). int8 needs `calibration`: preprocessed images ([N, C, H, W], or batches of them) whose
-    activation ranges set the quantization (`calibration_images` reads them from a folder or list file). Exported
-    backends write their files to `workdir` (default: a temporary folder kept as long as the runner).
-    Raises PathUnavailable (one line) where this machine cannot run the path.
-    """
-    from ..model import VisionTransformer
-    from .fastpath import TrimmedLogits
-
-    path = InferencePath(precision, backend, device)
-    reason = path.unavailable_reason()
-    if reason:
-        raise PathUnavailable(reason)
-    model = model.eval().to(path.device)
-    trimmed = "the last block computes only the prefix tokens the head reads"
-    vitzoo_model = isinstance(model, VisionTransformer)
-
-    if path.backend in ("onnxruntime", "openvino"):
-        keep = None
-        if workdir is None:
-            keep = tempfile.TemporaryDirectory(prefix="vitzoo-infer-")
-            workdir = keep.name
-        from .onnx import export_onnx
-
-        onnx_file = export_onnx(model.float(), Path(workdir) / "model.onnx")
-        export = f"ONNX export: {trimmed}" if vitzoo_model else "ONNX export"  # a foreign model is exported as it is
-        if path.backend == "onnxruntime":
-            from .onnx import OrtRunner
-
-            return Runner(OrtRunner(onnx_file, path.device), path, export, keep)
-        from .openvino import OpenVINORunner
-
-        batches = _calibration_batches(calibration)
-        if path.precision == "int8" and not batches:
-            raise ValueError("int8 needs calibration images: name a folder or list file (--calibration)")
-        runner = OpenVINORunner(onnx_file, path.precision, calibration=batches or None)
-        note = export + ("; NNCF static int8" if path.precision == "int8" else "")
-        return Runner(runner, path, note, keep)
-
-    model = model.to(path.dtype)
-    if path.backend == "eager":
-        return Runner(model, path)
-    if not vitzoo_model:  # a foreign model (timm's, say) has no trimmed forward: run it as it is
-        fast, note = model, ""
-    else:
-        fast, note = TrimmedLogits(model, fused=path.backend == "fast"), trimmed
-    if path.backend == "fast":
-        return Runner(fast, path, note + ("; in-place residuals, oneDNN linears" if vitzoo_model else ""))
-    if path.backend == "compile":
-        return Runner(compile_model(fast, path.device), path, "torch.compile, frozen weights" + (f"; {note}" if note else ""))
-    return Runner(CudaGraphs(fast), path, "CUDA graphs" + (f"; {note}" if note else ""))

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..data.transforms import PROTOCOLS
 from . import metrics
 from .attention import input_pixels, overlay_png
 from .images import ACCEPTED, RequestError, image_bytes, own_the_pixel_limit, to_tensor
@@ -48,11 +49,10 @@ IMAGE_BODY = {  # the request body, for the OpenAPI schema (the routes read it t
 
 
 # -- answers, as the OpenAPI schema documents them -------------------------------------------------------------------
-class TopClass(BaseModel):
+class TopClass(BaseModel):  # vitzoo.labels.top_k's entry: what `vitzoo predict` writes
     index: int
-    wnid: str  # ImageNet's WordNet id, or the index for other class lists
     label: str
-    names: str
+    wnid: str | None  # ImageNet's WordNet id, where the classes are ImageNet's
     probability: float
 
 
@@ -63,10 +63,12 @@ class Times(BaseModel):
     total: float
 
 
-class ClassifyAnswer(BaseModel):
+class ClassifyAnswer(BaseModel):  # vitzoo.labels.image_record's keys, and how the answer was made
+    image: str  # "<upload>"
+    target: None  # an upload carries no label (the key is there: one record schema with `vitzoo predict`)
+    top: list[TopClass]
     model: str
     protocol: str
-    top: list[TopClass]
     batch_size: int
     time_ms: Times
     request_id: str
@@ -110,7 +112,7 @@ class ModelsAnswer(BaseModel):
     models: list[ModelCard]
 
 
-ProtocolName = Literal["seed", "timm", "deit", "run"]
+ProtocolName = Literal[PROTOCOLS]  # vitzoo.data.transforms.PROTOCOLS, as the OpenAPI schema's enum
 ERRORS = {code: {"model": ErrorAnswer} for code in (400, 413, 415, 422, 500, 503, 504)}
 
 
@@ -160,6 +162,7 @@ def add_routes(server) -> None:
     app.add_middleware(RequestIds)
     own_the_pixel_limit()  # this process decodes only what passed --max-megapixels
     page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+    page = page.replace("__TOP_K__", str(min(5, num_classes)))
 
     def rid(request: Request) -> str:
         return request.scope.get(REQUEST_ID, "")
@@ -217,8 +220,9 @@ def add_routes(server) -> None:
         payload = {"kind": "classify", "image": image, "top_k": top_k, "request_id": rid(request),
                    "fault": request.headers.get("x-vitzoo-fault")}  # fmt: skip
         answer = await run(payload)
-        return {"model": loaded.name, "protocol": protocol, "top": answer["top"], "batch_size": answer["batch_size"],
-                "time_ms": times(start, preprocess_s, answer), "request_id": rid(request)}  # fmt: skip
+        return {"image": "<upload>", "target": None, "top": answer["top"], "model": loaded.name, "protocol": protocol,
+                "batch_size": answer["batch_size"], "time_ms": times(start, preprocess_s, answer),
+                "request_id": rid(request)}  # fmt: skip
 
     @app.post("/v1/attention", response_model=AttentionAnswer, openapi_extra={"requestBody": IMAGE_BODY},
               responses={**ERRORS, 200: {"content": {"image/png": {}}, "description": "the overlay, or the numbers"}},
@@ -249,7 +253,7 @@ def add_routes(server) -> None:
         return Response(png, media_type="image/png", headers=headers)
 
     protocols = []
-    for name in ("seed", "timm", "deit", "run"):
+    for name in PROTOCOLS:
         try:
             loaded.transform(name)
             protocols.append(name)

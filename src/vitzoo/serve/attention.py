@@ -14,7 +14,6 @@ import io
 import numpy as np
 import torch
 
-METHODS = ("rollout", "cls")
 MEMORY_BUDGET = 256 << 20  # bytes of attention maps held at once; larger batches go through in chunks
 
 

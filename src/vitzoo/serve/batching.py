@@ -10,7 +10,6 @@ the worker lives on.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import threading
@@ -85,12 +84,12 @@ class PromptBatchedLoop(BatchedLoop):
 
 class ModelAPI(ls.LitAPI):
     """Loads the model as `vitzoo predict` does (load_model + the --precision/--backend path), warms it, and answers
-    batches. `settings`: the command's flags as a dict (it travels to the spawned worker process)."""
+    batches. `config`: the server's ServeConfig (it travels to the spawned worker process)."""
 
-    def __init__(self, settings: dict, max_batch_size: int = 16, batch_timeout: float = 0.005):
+    def __init__(self, config, max_batch_size: int = 16, batch_timeout: float = 0.005):
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=BATCH_PATH,
                          loop=PromptBatchedLoop())  # fmt: skip
-        self.settings = settings
+        self.config = config
 
     # -- startup: LitServe marks the worker ready when this returns ------------------------------------------------
     def setup(self, device) -> None:  # LitServe's device string is unused: --device says where the model runs
@@ -99,44 +98,40 @@ class ModelAPI(ls.LitAPI):
 
         import torch
 
-        from ..cli.args import build_runner
-        from ..factory import load_model
+        from ..factory import load_model_from
         from ..infer.paths import image_shape
 
-        args = argparse.Namespace(**self.settings)
-        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        config = self.config
+        logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         _exit_with_parent()
-        threads = args.threads
-        if not threads and torch.device(args.device).type == "cpu":
+        threads = config.threads
+        if not threads and torch.device(config.device).type == "cpu":
             # the HTTP process decodes and preprocesses on the same CPU: leave it a core. Measured on 2 cores,
             # 32 clients: 2 torch threads fighting the decoder took 3 req/s; 1 thread, 21 req/s
-            threads = max(1, len(os.sched_getaffinity(0)) // args.workers - 1)
+            threads = max(1, len(os.sched_getaffinity(0)) // config.workers - 1)
         if threads:
             torch.set_num_threads(threads)
         started = time.perf_counter()
         try:
-            loaded = load_model(args.model, weights=args.weights, num_classes=args.num_classes,
-                                pos_embed_resample=args.pos_embed_resample)
-            self.classes = args.class_names if args.class_names is not None else loaded.classes
-            if self.classes is not None and len(self.classes) != loaded.model.num_classes:
-                raise ValueError(f"{len(self.classes)} class names for a model with {loaded.model.num_classes} outputs")
+            loaded = load_model_from(config)
+            self.classes = loaded.class_names(config.class_names)
             # attention maps need the fp32 model; the torch paths convert their model in place, so they get a copy
-            self.model = loaded.model.eval().to(args.device)
-            if args.precision != "fp32":
+            self.model = loaded.model.eval().to(config.device)
+            if config.precision != "fp32":
                 loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
-            self.runner = build_runner(args, loaded)
-            self.run_device = torch.device(args.device)  # (LitAPI's own `device` is LitServe's to set)
+            self.runner = loaded.runner(config, config.protocol)
+            self.run_device = torch.device(config.device)  # (LitAPI's own `device` is LitServe's to set)
             # warm: the first forward pays for lazy initialisation (and compilation); compiled or captured paths
             # also meet the largest batch now, not under the first burst of traffic
             warm = torch.zeros(*image_shape(self.model)).numpy()
-            sizes = [1] + ([self.max_batch_size] if args.backend in ("compile", "cudagraph") else [])
+            sizes = [1] + ([self.max_batch_size] if self.runner.path.backend in ("compile", "cudagraph") else [])
             for size in sizes:
                 self._run("classify", [{"image": warm, "top_k": 1, "kind": "classify"}] * size)
             self._run("attention", [{"image": warm, "kind": "attention"}])
         except Exception as e:
             log.error("model worker could not start: %s", e)
             raise
-        log.info("model worker ready in %.1f s: %s, %s", time.perf_counter() - started, args.model, self.runner)
+        log.info("model worker ready in %.1f s: %s, %s", time.perf_counter() - started, config.model, self.runner)
 
     # -- batches ---------------------------------------------------------------------------------------------------
     def decode_request(self, request):
@@ -183,7 +178,7 @@ class ModelAPI(ls.LitAPI):
         """One model call for these requests: their answers and the seconds it took."""
         import torch
 
-        from ..evaluate import predict
+        from ..predict import predict
         from .attention import attention_grids
 
         self._inject_faults(items)

@@ -23,12 +23,13 @@ import time
 import uuid
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import litserve as ls
 from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
 from starlette.concurrency import run_in_threadpool
 
+from ..config import ConfigError
+from . import ServeError
 from .batching import BATCH_PATH, ModelAPI
 from .images import RequestError
 
@@ -49,6 +50,7 @@ class Options:
     max_batch_size: int = 16
     batch_timeout_ms: float = 5.0
     workers: int = 1
+    classes: object = None  # the model's ClassNames
 
 
 class VitzooServer(ls.LitServer):
@@ -172,57 +174,45 @@ class VitzooServer(ls.LitServer):
         return answer
 
 
-def describe(args):
+def describe(config):
     """The model as the HTTP side needs it: name, classes and preprocessing, built on the "meta" device (no
     weights read for a table model, no memory, no time): the worker loads the real one."""
     import torch
 
-    from ..factory import load_model
+    from ..factory import load_model, resolve_model
 
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a run folder's weights "copied" into meta tensors: a no-op, as wanted
-        is_run = Path(args.model).is_dir()
-        return load_model(args.model, weights=args.weights if is_run else None, num_classes=args.num_classes)
+        run = resolve_model(config.model).kind == "run"
+        return load_model(config.model, weights=config.weights if run else None, num_classes=config.num_classes,
+                          random_weights=not run)  # fmt: skip
 
 
-def serve(args) -> int:
-    """`vitzoo serve`: load, warm and serve until interrupted (SIGINT or SIGTERM). 0 on a clean stop, 1 if the model
-    could not be loaded."""
-    from ..infer.paths import InferencePath, PathUnavailable
+def run(config) -> int:
+    """`vitzoo serve`: load, warm and serve `config` (a `vitzoo.config.ServeConfig`) until interrupted (SIGINT or
+    SIGTERM). 0 on a clean stop, 1 if the model could not be loaded. Everything that can be refused is refused
+    before the server starts."""
+    from ..factory import check_calibration, resolve_model
 
-    if args.weights is None and not Path(args.model).is_dir():
-        raise ValueError(f"--weights is needed for {args.model} (a run folder brings its own)")
-    if args.host not in LITSERVE_HOSTS:
-        raise ValueError(f"--host must be one of {', '.join(LITSERVE_HOSTS)} (LitServe binds only these)")
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+    config.check()
+    if config.host not in LITSERVE_HOSTS:
+        raise ConfigError(f"--host must be one of {', '.join(LITSERVE_HOSTS)} (LitServe binds only these)")
+    check_calibration(config.model, config.precision, config.calibration)  # int8 without images: refused now
+    if config.weights is None and resolve_model(config.model).kind != "run":
+        raise ConfigError(f"--weights is needed for {config.model} (a run folder brings its own)")
+    path = config.path.require()
+    logging.basicConfig(level=getattr(logging, config.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    loaded = describe(args)
-    class_names = None
-    if args.class_names:
-        from ..cli.args import read_class_names
-
-        class_names = read_class_names(args.class_names, loaded.model.num_classes)
-        loaded.classes = class_names
-    if args.protocol:
-        loaded.transform(args.protocol)  # refuse an impossible protocol now, not on each request
-    settings = {
-        "model": args.model, "weights": args.weights, "num_classes": args.num_classes, "class_names": class_names,
-        "pos_embed_resample": args.pos_embed_resample,
-        "precision": args.precision, "backend": args.backend, "device": args.device, "protocol": args.protocol,
-        "calibration": args.calibration, "calibration_size": args.calibration_size, "threads": args.threads,
-        "workers": args.workers, "log_level": args.log_level,
-    }  # fmt: skip
-    path = InferencePath(args.precision, args.backend, args.device)  # refuses impossible combinations now
-    reason = path.unavailable_reason()
-    if reason:
-        raise PathUnavailable(reason)
+    loaded = describe(config)
+    classes = loaded.class_names(config.class_names)  # refuses a names file of the wrong length now
+    if config.protocol:
+        loaded.transform(config.protocol)  # refuse an impossible protocol now, not on each request
     options = Options(
-        protocol=args.protocol, max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
-        max_pixels=int(args.max_megapixels * 1e6), timeout=args.timeout, max_batch_size=args.max_batch_size,
-        batch_timeout_ms=args.batch_timeout_ms, workers=args.workers,
-        path={"precision": path.precision, "backend": path.backend, "device": path.device},
+        protocol=config.protocol, max_upload_bytes=int(config.max_upload_mb * (1 << 20)),
+        max_pixels=int(config.max_megapixels * 1e6), timeout=config.timeout, max_batch_size=config.max_batch_size,
+        batch_timeout_ms=config.batch_timeout_ms, workers=config.workers, path=path.fields(), classes=classes,
     )  # fmt: skip
-    api = ModelAPI(settings, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout_ms / 1000)
+    api = ModelAPI(config, max_batch_size=config.max_batch_size, batch_timeout=config.batch_timeout_ms / 1000)
     server = VitzooServer(api, loaded, options)
 
     main_pid = os.getpid()
@@ -237,10 +227,9 @@ def serve(args) -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, stop)
-    log.info("serving %s on http://%s:%d (page at /, API docs at /docs)", loaded.name, args.host, args.port)
-    server.run(host=args.host, port=args.port, num_api_servers=1, log_level=args.log_level,
+    log.info("serving %s on http://%s:%d (page at /, API docs at /docs)", loaded.name, config.host, config.port)
+    server.run(host=config.host, port=config.port, num_api_servers=1, log_level=config.log_level,
                generate_client_file=False, api_server_worker_type="process")  # fmt: skip
     if server.failed:
-        print(f"vitzoo serve: error: {server.failed}", file=sys.stderr)
-        return 1
+        raise ServeError(server.failed)
     return 0

@@ -1,4 +1,5 @@
-"""Training and fine-tuning with DeiT's recipe: `train(config) -> TrainResult`. Facts: shared/reference/training.md."""
+"""Training and fine-tuning with DeiT's recipe: `train(config) -> TrainResult`. The recipe: DeiT (arXiv:2012.12877) and
+facebookresearch/deit's `main.py`."""
 
 from .checkpoint import CheckpointError
 from .losses import TrainLoss, hard_distillation, soft_distillation

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from ..data.datasets import DatasetError, EvalDataset, collate, load_samples
-from ..data.transforms import EvalTransform, decode_pil
+from ..data.datasets import DatasetError, EvalDataset, collate, folder_classes, load_samples
+from ..data.transforms import decode_pil
+from ..labels import ClassNames, align_labels
 
 
 @dataclass
@@ -28,25 +29,22 @@ class LabelledSets:
     class_names: list[str] | None  # folder layout only
 
 
-def _class_folders(path: Path) -> list[str] | None:
-    return sorted(p.name for p in path.iterdir() if p.is_dir()) if path.is_dir() else None
-
-
 def load_sets(data, val, root=None, val_root=None) -> LabelledSets:
     """Train and val samples with val labels expressed in the train set's classes.
 
-    Two folders are matched by class folder name; otherwise labels are compared as numbers. A val class the train
-    set has no image of is an error (the model could never predict it).
+    Two folders are matched by class folder name (`vitzoo.labels.align_labels`, as eval matches a folder to a run's
+    classes); otherwise labels are compared as numbers. A val class the train set has no image of is an error (the
+    model could never predict it).
     """
     train, val_samples = load_samples(data, root), load_samples(val, val_root)
-    train_names, val_names = _class_folders(Path(data)), _class_folders(Path(val))
+    train_names, val_names = folder_classes(data), folder_classes(val)
     present = {label for _, label in train}
     if train_names is not None and val_names is not None:
-        index = {name: i for i, name in enumerate(train_names)}
         unknown = sorted({val_names[label] for _, label in val_samples} - {train_names[i] for i in present})
         if unknown:
             raise DatasetError(f"{val}: class folder(s) {_listing(unknown)} have no images in the train set {data}")
-        val_samples = [(path, index[val_names[label]]) for path, label in val_samples]
+        classes = ClassNames.of(len(train_names), train_names, source=f"the train set {data}")
+        val_samples = align_labels(val_samples, val_names, classes, str(val))
         return LabelledSets(train, val_samples, len(train_names), train_names)
     missing = sorted({label for _, label in val_samples} - present)
     if missing:
@@ -90,12 +88,6 @@ def _fix_posterize(transform) -> None:
         for op in getattr(step, "ops", []):
             if getattr(op, "aug_fn", None) is auto_augment.posterize:
                 op.aug_fn = _posterize
-
-
-def eval_transform(img_size: int, crop_pct: float, mean, std) -> EvalTransform:
-    """DeiT's eval transform: short side to img_size / crop_pct (bicubic), center crop, normalise."""
-    resize = int(img_size / crop_pct)
-    return EvalTransform(resize, img_size, "pil_bicubic", tuple(mean), tuple(std), "pil", "torchvision")
 
 
 def build_mixup(cfg, num_classes: int):

@@ -1,6 +1,6 @@
 """The training configuration as data: DeiT's recipe as the defaults, recipe files (YAML/JSON) on top, flags last.
 
-The defaults are facebookresearch/deit's `main.py` (shared/reference/training.md); every field has a help text that
+The defaults are facebookresearch/deit's `main.py` (the defaults of its flags); every field has a help text that
 the command line reuses, so a flag, a recipe key and a `TrainConfig` field are one and the same thing.
 """
 
@@ -13,16 +13,15 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
+from ..config import ConfigError
+from ..config import field_kind as config_field_kind
+
 RECIPES_PACKAGE = "vitzoo.train.recipes"
 DISTILLATION_TYPES = ("none", "soft", "hard")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OPTIMIZERS = ("adamw", "sgd")
 CHOICES = {"distillation": DISTILLATION_TYPES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
            "pos_embed_resample": ("timm", "deit")}
-
-
-class ConfigError(ValueError):
-    """A recipe or a setting that cannot be used: names the key, the file and what would be accepted."""
 
 
 def _opt(default, help: str):
@@ -162,17 +161,9 @@ FIELD_TYPES = typing.get_type_hints(TrainConfig)
 FIELDS = {f.name: f for f in fields(TrainConfig)}
 
 
-def field_kind(name: str) -> tuple[type, int | None, bool]:
-    """(scalar type, tuple length or None, optional) of a field, from its annotation."""
-    hint = FIELD_TYPES[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = type(None) in typing.get_args(hint)
-    if optional:
-        hint = args[0]
-    if typing.get_origin(hint) is tuple:
-        inner = typing.get_args(hint)
-        return inner[0], len(inner), optional
-    return hint, None, optional
+def field_kind(name: str) -> tuple[type, int | str | None, bool]:
+    """(scalar type, tuple length or None, optional) of a field (`vitzoo.config.field_kind`)."""
+    return config_field_kind(FIELD_TYPES[name])
 
 
 def _coerce(name: str, value, source: str):

@@ -20,11 +20,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..evaluate import DistContext, init_distributed, shutdown_distributed
+from ..distributed import DistContext, distributed
+from ..data.transforms import center_crop_transform
 from ..factory import write_model_card
 from ..model import DistilledVisionTransformer, VisionTransformer
 from . import checkpoint as ckpt
-from .data import build_mixup, eval_transform, load_sets, train_loader, train_transform, val_loader
+from .data import build_mixup, load_sets, train_loader, train_transform, val_loader
 from .losses import TrainLoss
 from .optim import WarmupCosine, build_optimizer, scaled_lr
 from .recipe import ConfigError, TrainConfig, make_config
@@ -59,18 +60,9 @@ class TrainResult:
 def train(config: TrainConfig | dict) -> TrainResult:
     """Train as `config` says (a TrainConfig, or a dict of its fields over DeiT's defaults)."""
     cfg = (config if isinstance(config, TrainConfig) else make_config(config)).check()
-    joined = dist.is_available() and dist.is_initialized()  # a caller's process group is the caller's to close
     device = _device_kind(cfg.device)
-    ctx = init_distributed(device)
-    try:
-        result = _Run(cfg, ctx, device).fit()
-    except BaseException:
-        if not joined:
-            shutdown_distributed(sync=False)
-        raise
-    if not joined:
-        shutdown_distributed()
-    return result
+    with distributed(device) as ctx:
+        return _Run(cfg, ctx, device).fit()
 
 
 def _device_kind(device: str) -> str:
@@ -98,9 +90,7 @@ def _precision(cfg: TrainConfig, device: torch.device) -> str:
 class _Run:
     def __init__(self, cfg: TrainConfig, ctx: DistContext, device_kind: str):
         self.cfg, self.ctx = cfg, ctx
-        if device_kind.startswith("cuda") and ctx.world_size > 1:
-            device_kind = f"cuda:{ctx.local_rank}"
-        self.device = torch.device(device_kind)
+        self.device = torch.device(ctx.device(device_kind))
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if cfg.threads:
@@ -138,7 +128,9 @@ class _Run:
             (self.output / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
             # what eval, predict, bench, export and serve need to use the run as a model: `--model OUTPUT_FOLDER`
             classes = sets.class_names or [str(i) for i in range(self.num_classes)]
-            write_model_card(self.output, self.net, classes, self.val_transform, "model.safetensors")
+            data = {"train": cfg.data, "train_root": cfg.root, "val": cfg.val, "val_root": cfg.val_root}
+            data = {k: str(Path(v).resolve()) if v else None for k, v in data.items()}
+            write_model_card(self.output, self.net, classes, self.val_transform, "model.safetensors", data)
         log.info(
             "training %s (%d classes, %d train / %d val images) on %d process(es), total batch %d, peak lr %.3g, %s",
             self.identity["model"], self.num_classes, len(sets.train), len(sets.val), ctx.world_size,
@@ -175,7 +167,7 @@ class _Run:
             sets.train, train_transform(cfg, img_size, mean, std), cfg, ctx.rank, ctx.world_size, self.device
         )
         self.steps_per_epoch = len(self.order.base) // cfg.batch_size
-        self.val_transform = eval_transform(img_size, cfg.eval_crop_pct, mean, std)
+        self.val_transform = center_crop_transform(img_size, cfg.eval_crop_pct, mean, std)
         self.val_loader = val_loader(
             sets.val, self.val_transform, cfg.batch_size, cfg.workers, ctx.rank, ctx.world_size
         )  # fmt: skip
@@ -334,9 +326,9 @@ class _Run:
     def _evaluate(self) -> dict:
         from .validate import validate
 
-        metrics = validate(self.net, self.val_loader, self.device, self.ctx.world_size, self._autocast)
+        metrics = validate(self.net, self.val_loader, self.device, self.ctx, self._autocast)
         if self.ema is not None:
-            ema = validate(self.ema.module, self.val_loader, self.device, self.ctx.world_size, self._autocast)
+            ema = validate(self.ema.module, self.val_loader, self.device, self.ctx, self._autocast)
             metrics.update({f"ema_{k}": v for k, v in ema.items()})
         self.best_val_top1 = max(self.best_val_top1, metrics["val_top1"])
         return metrics

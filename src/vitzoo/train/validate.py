@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 
+from ..data.datasets import raise_bad
+from ..distributed import DistContext
+from ..evaluate import Tally
 from ..model import DistilledVisionTransformer
+
+
+@dataclass
+class HeadsTally(Tally):
+    """Eval's tally, and a distilled model's heads each counted alone."""
+
+    cls_correct1: float = 0.0
+    dist_correct1: float = 0.0
 
 
 def _logits(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -21,30 +31,24 @@ def _logits(model, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | N
 
 
 @torch.no_grad()
-def validate(model, loader, device: torch.device, world_size: int = 1, autocast=contextlib.nullcontext) -> dict:
+def validate(model, loader, device: torch.device, ctx: DistContext, autocast=contextlib.nullcontext) -> dict:
     """Metrics over the whole val set (each rank's loader holds its share; counts are summed across ranks)."""
     was_training = model.training
     model.eval()
-    # correct@1, correct@5, loss sum, images, cls head correct@1, dist head correct@1
-    totals = torch.zeros(6, dtype=torch.float64, device=device)
+    tally = HeadsTally()
     for batch in loader:
+        raise_bad(batch)
         images, labels = batch["images"].to(device, non_blocking=True), batch["labels"].to(device)
         with autocast():
             logits, cls_logits, dist_logits = _logits(model, images)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        totals[0] += (top[:, 0] == labels).sum()
-        totals[1] += (top == labels[:, None]).any(dim=1).sum()
-        totals[2] += F.cross_entropy(logits, labels, reduction="sum")
-        totals[3] += len(labels)
+        tally.add_logits(logits, labels)
         if cls_logits is not None:
-            totals[4] += (cls_logits.argmax(1) == labels).sum()
-            totals[5] += (dist_logits.argmax(1) == labels).sum()
-    if world_size > 1:
-        dist.all_reduce(totals)
+            tally.cls_correct1 += (cls_logits.argmax(1) == labels).sum().item()
+            tally.dist_correct1 += (dist_logits.argmax(1) == labels).sum().item()
+    tally = tally.all_reduce(ctx)
     model.train(was_training)
-    correct1, correct5, loss_sum, count, cls1, dist1 = totals.tolist()
-    count = max(count, 1.0)
-    metrics = {"val_loss": loss_sum / count, "val_top1": correct1 / count, "val_top5": correct5 / count}
+    count = max(tally.images, 1.0)
+    metrics = {"val_loss": tally.loss_sum / count, "val_top1": tally.correct1 / count, "val_top5": tally.correct5 / count}
     if isinstance(model, DistilledVisionTransformer):
-        metrics.update(val_top1_cls=cls1 / count, val_top1_dist=dist1 / count)
+        metrics.update(val_top1_cls=tally.cls_correct1 / count, val_top1_dist=tally.dist_correct1 / count)
     return metrics

@@ -1,4 +1,4 @@
-"""Weights: every published checkpoint format, loaded exactly and safely. Facts: shared/reference/weights.md."""
+"""Weights: every published checkpoint format, loaded exactly and safely. The formats and their names: README.md, "Weights"."""
 
 from .common import WeightsError
 from .convert import convert

@@ -1,6 +1,6 @@
 """Google's ViT releases (.npz): JAX/Flax names and layouts -> canonical (timm's) names in PyTorch layout.
 
-Three variants of the same parameter tree (shared/reference/weights.md, "Google .npz"):
+Three variants of the same parameter tree (google-research/vision_transformer's and big_vision's checkpoints):
 - google-research/vision_transformer: plain keys, `Transformer/encoderblock_{i}/` with modules numbered in call
   order (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3);
 - AugReg: the same, every key under `opt/target/` (other `opt/` entries are optimizer state and are ignored);

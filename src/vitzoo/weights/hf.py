@@ -4,7 +4,7 @@
 - is_hf_layout(keys) -> bool: the key names are transformers' names.
 - hf_to_canonical(raw) -> (canonical dict, list of canonical names that were mapped).
 
-Names (see shared/reference/weights.md): the backbone sits under `vit.` (ViT, Facebook's plain DeiT), `deit.` (DeiT
+Names (transformers' `models/vit/modeling_vit.py`, `models/deit/modeling_deit.py`): the backbone sits under `vit.` (ViT, Facebook's plain DeiT), `deit.` (DeiT
 classes) or no prefix (a bare ViTModel / DeiTModel); the heads are top-level. Files carry the hub names
 (`encoder.layer.{i}.attention.attention.query` ...), which `save_pretrained` still writes in transformers 5; a
 `torch.save(model.state_dict())` of a transformers 5 model carries its in-memory names

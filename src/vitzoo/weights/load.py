@@ -149,7 +149,13 @@ def _check_heads(model: nn.Module, report: LoadReport) -> None:
         )
 
 
-def _fit(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, method: str) -> dict[str, torch.Tensor]:
+def _head_classes(state: dict[str, torch.Tensor]) -> int:
+    return state["head.weight"].shape[0] if state["head.weight"].dim() == 2 else 0
+
+
+def _fit(
+    model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, method: str, new_head: bool
+) -> dict[str, torch.Tensor]:
     """The model's full state dict with the checkpoint's tensors in it, or a WeightsError naming what does not fit."""
     own = model.state_dict()
     src = report.source
@@ -164,6 +170,12 @@ def _fit(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, m
         hint = " (a distilled checkpoint and a plain model, or the reverse?)" if "dist_token" in missing + unexpected else ""
         raise WeightsError(f"{src}: does not match {_model_name(model)}: {'; '.join(what)}{hint}")
     heads_differ = any(state[k].shape != own[k].shape for k in HEADS if k in own)
+    if heads_differ and not new_head and _head_classes(state) != model.num_classes:
+        raise WeightsError(
+            f"{src}: its head has {_head_classes(state)} classes, {_model_name(model)} {model.num_classes}: answers "
+            "need the head the weights were trained with (a named model: --num-classes; new classes are for "
+            "fine-tuning: vitzoo train --finetune)"
+        )
     out = {}
     for name, target in own.items():
         value = state[name]
@@ -182,8 +194,9 @@ def _fit(model: nn.Module, state: dict[str, torch.Tensor], report: LoadReport, m
             raise WeightsError(f"{src}: tensor {name} holds {value.dtype}, not floating point")
         out[name] = value
     if report.dropped:
-        classes = state["head.weight"].shape[0] if state["head.weight"].dim() == 2 else 0
-        report.notes.append(f"checkpoint has {classes} classes, model {model.num_classes}: head(s) left as initialised")
+        report.notes.append(
+            f"checkpoint has {_head_classes(state)} classes, model {model.num_classes}: head(s) left as initialised"
+        )
     return out
 
 
@@ -198,11 +211,15 @@ def _model_name(model: nn.Module) -> str:
     return getattr(model, "model_name", type(model).__name__)
 
 
-def load_weights(model: nn.Module, source: str | Path, pos_embed_resample: str = "timm") -> LoadReport:
+def load_weights(
+    model: nn.Module, source: str | Path, pos_embed_resample: str = "timm", new_head: bool = True
+) -> LoadReport:
     """Load a checkpoint (file, Hugging Face folder, or known name) into `model`, all or nothing. Returns a report.
 
     A pos_embed of another grid is resampled the way `pos_embed_resample` names: "timm" (timm's loader, the
-    default) or "deit" (DeiT's fine-tune code); see `resample_pos_embed`.
+    default) or "deit" (DeiT's fine-tune code); see `resample_pos_embed`. A head for another number of classes is
+    left as initialised and the report says so (`new_head`, for fine-tuning); with new_head=False it is an error, as
+    it must be wherever the model is to answer (eval, predict, serve).
     """
     from .hub import resolve
 
@@ -212,7 +229,7 @@ def load_weights(model: nn.Module, source: str | Path, pos_embed_resample: str =
     state, report = read_weights(path)
     report.source = str(source) if str(source) != str(path) else report.source
     _check_heads(model, report)
-    full = _fit(model, state, report, pos_embed_resample)
+    full = _fit(model, state, report, pos_embed_resample, new_head)
     model.load_state_dict(full, strict=True)  # every shape was checked above: this cannot fail half-way
     report.loaded = len(full) - len(report.dropped)
     log.info("%s", report)
