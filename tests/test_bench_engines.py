@@ -55,6 +55,7 @@ def bench(capsys, *args) -> str:
     return capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_every_peer_in_its_own_process(tiny_run, capsys):
     records = json.loads(bench(capsys, "--model", tiny_run, "--compare", ",".join(PEERS), "-q", "--format", "json"))
     assert [r["engine"] for r in records if "skipped" not in r][0] == "vitzoo"

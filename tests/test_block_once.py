@@ -13,7 +13,8 @@ from vitzoo.infer import InferencePath, build_path, lively_init_, logits_cosine
 from vitzoo.model import Mlp, ViTConfig, build_model
 
 TINY = ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)
-PATHS = ["fp32-eager", "fp32-fast", "fp32-compile", "fp32-onnxruntime", "fp32-openvino", "bf16-fast"]
+PATHS = ["fp32-eager", "fp32-fast", pytest.param("fp32-compile", marks=pytest.mark.slow), "fp32-onnxruntime",
+         "fp32-openvino", "bf16-fast"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", PATHS)

@@ -54,6 +54,7 @@ def test_table_json_with_latency_offline(tmp_path):
     assert "vitzoo table" in proc.stderr  # the progress bar
 
 
+@pytest.mark.slow
 def test_table_all_models_without_latency_in_every_format(tmp_path):
     rows = json.loads(run_vitzoo(tmp_path, "table", "--no-latency", "--format", "json", "-q").stdout)
     assert [r["model"] for r in rows] == vitzoo.list_models()
@@ -84,6 +85,7 @@ def test_models_command(tmp_path):
     assert run_vitzoo(tmp_path, "models", "distilled").stdout.split() == vitzoo.list_models("distilled")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bad", ["0", "a,b", ""])
 def test_table_bad_batch_sizes(tmp_path, bad):
     proc = run_vitzoo(tmp_path, "table", "--batch-sizes", bad, check=False)

@@ -110,6 +110,7 @@ def free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_count_every_image_once(dataset, tmp_path):
     root, _, lines = dataset
     run_cli(eval_args(root, root / "val", tmp_path / "single.json"), tmp_path)
@@ -125,6 +126,7 @@ def test_torchrun_two_processes_count_every_image_once(dataset, tmp_path):
     assert both["loss"] == pytest.approx(single["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_bad_images_fail_or_are_skipped(dataset, tmp_path):
     root, _, lines = dataset
     data = tmp_path / "data"
@@ -141,6 +143,7 @@ def test_bad_images_fail_or_are_skipped(dataset, tmp_path):
     assert "(1 skipped)" in proc.stdout and "broken.jpg" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "content, message",
     [
@@ -163,6 +166,7 @@ def test_bad_list_files(dataset, tmp_path, content, message):
     assert re.search(message, proc.stderr), proc.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_missing_or_empty_folder_and_wrong_weights(dataset, tmp_path):
     root, _, _ = dataset
     proc = run_cli(eval_args(root, tmp_path / "nowhere", tmp_path / "r.json"), tmp_path, check=False)
@@ -216,6 +220,7 @@ def same_predictions(a, b):
             assert s["probability"] == pytest.approx(t["probability"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_bulk_predict_single_and_torchrun_write_every_image_once(dataset, tmp_path):
     root, reference, lines = dataset
     run_cli(predict_args(root, tmp_path / "single.jsonl"), tmp_path)
@@ -235,6 +240,7 @@ def test_bulk_predict_single_and_torchrun_write_every_image_once(dataset, tmp_pa
     assert not list(tmp_path.glob("dist.jsonl.part*"))  # merged and removed
 
 
+@pytest.mark.slow
 def test_bulk_predict_killed_then_resumed_gives_the_same_file(dataset, tmp_path):
     import signal
     import time

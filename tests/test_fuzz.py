@@ -13,6 +13,7 @@ REGRESSIONS = Path(__file__).parent / "fuzz_regressions"
 RUNS = 2000
 
 
+@pytest.mark.slow  # a minute: every target 2,000 executions (the replays below stay in the fast tier)
 @pytest.mark.parametrize("name", sorted(fuzzing.targets()))
 def test_a_few_thousand_executions_find_nothing(name, tmp_path):
     result = fuzzing.run_target(name, tmp_path, runs=RUNS, timeout=600)

@@ -51,9 +51,9 @@ def run_path(precision, backend, **kwargs):
 
 FP32 = [("fp32", "eager"), ("fp32", "fast"), pytest.param("fp32", "compile", marks=pytest.mark.slow)]
 if _has("onnxruntime"):
-    FP32.append(("fp32", "onnxruntime"))
+    FP32.append(pytest.param("fp32", "onnxruntime", marks=pytest.mark.slow))  # tests/test_block_once.py runs it fast
 if _has("openvino"):
-    FP32.append(("fp32", "openvino"))
+    FP32.append(pytest.param("fp32", "openvino", marks=pytest.mark.slow))
 
 
 @pytest.mark.parametrize("precision, backend", FP32)
@@ -68,7 +68,7 @@ def test_fp32_paths_give_fp32_eager_logits(precision, backend):
 
 HALF = [("bf16", "eager"), ("bf16", "fast"), ("fp16", "eager"), pytest.param("bf16", "compile", marks=pytest.mark.slow)]
 if _has("openvino"):
-    HALF.append(("bf16", "openvino"))
+    HALF.append(pytest.param("bf16", "openvino", marks=pytest.mark.slow))
 
 
 @pytest.mark.parametrize("precision, backend", HALF)
@@ -80,6 +80,7 @@ def test_half_precision_paths_keep_the_logits(precision, backend):
     assert (logits.argmax(-1) == reference.argmax(-1)).float().mean() >= 0.75
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (_has("openvino") and _has("nncf")), reason="openvino and nncf are needed for int8")
 def test_int8_path_calibrated_on_photos_keeps_the_logits():
     model, photos, _ = case()
@@ -158,6 +159,7 @@ def test_eval_predict_bench_export_take_a_run_folder(run_folder, tmp_path, capsy
     assert "not a trained run's folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (_has("openvino") and _has("nncf")), reason="openvino and nncf are needed")
 def test_eval_int8_and_openvino_end_to_end_as_fp32(run_folder, tmp_path):
     """The same command evaluates fp32 eager, OpenVINO and int8 (calibrated on the train folder) on a user's data."""

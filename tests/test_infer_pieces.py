@@ -140,6 +140,7 @@ def test_onnx_export_runs_in_onnxruntime_within_1e4(case, tmp_path):
         torch.testing.assert_close(runner(photos[:batch]), reference[:batch], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_onnx_opset_23_writes_attention_with_the_models_scale(tmp_path):
     pytest.importorskip("onnxruntime")
     import onnx
@@ -157,6 +158,7 @@ def test_onnx_opset_23_writes_attention_with_the_models_scale(tmp_path):
     torch.testing.assert_close(OrtRunner(path)(x), expected, atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_export_cli_with_a_weights_file(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from safetensors.torch import save_file
@@ -177,6 +179,7 @@ def test_export_cli_with_a_weights_file(tmp_path, capsys):
         torch.testing.assert_close(OrtRunner(out)(x), model(x), atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_compile_fp32_and_bf16():
     """torch.compile with frozen weights (inductor, oneDNN on CPU), on the smallest model: compiling is slow (~20 s

@@ -94,6 +94,7 @@ def test_a_class_folder_the_model_does_not_know_is_one_line(run, tmp_path):
     assert "'seven'" in message and "not among the model's 4 classes" in message
 
 
+@pytest.mark.slow
 def test_inference_refuses_a_head_of_other_classes(run, tmp_path):
     """A 10-class file into the 4-class run, or into a named 1000-class model: random answers before, an error now."""
     folder, _, val_dir = run
@@ -130,6 +131,7 @@ def test_run_predictions_carry_its_class_names_and_no_made_up_wnid(run, tmp_path
     assert len(record["top"]) == 4  # top-5 of a 4-class model: all four
 
 
+@pytest.mark.slow
 def test_eval_json_says_null_for_no_weights(run, tmp_path):
     folder, _, val_dir = run
     proc = run_cli("eval", "--model", folder, "--data", val_dir, "--workers", "0", "--format", "json", "-q")
@@ -137,6 +139,7 @@ def test_eval_json_says_null_for_no_weights(run, tmp_path):
     assert record["weights"] is None and record["classes"] == f"{folder}'s classes"
 
 
+@pytest.mark.slow
 def test_bulk_predict_resume_takes_a_last_line_without_its_newline_as_unwritten(run, tmp_path):
     folder, _, val_dir = run
     out = tmp_path / "preds.jsonl"
@@ -154,6 +157,7 @@ def test_bulk_predict_resume_takes_a_last_line_without_its_newline_as_unwritten(
     assert last["image"] == before["image"] and [t["index"] for t in last["top"]] == [t["index"] for t in before["top"]]
 
 
+@pytest.mark.slow
 def test_export_of_a_run_is_one_file_and_keeps_its_size(run, tmp_path):
     pytest.importorskip("onnxruntime")
     folder, _, _ = run
@@ -180,6 +184,7 @@ def test_an_image_in_memory_is_named_by_its_kind():
     assert str(error.value).startswith("<BytesIO>:") and "object at 0x" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_bench_int8_measures_fidelity_on_the_runs_own_images(run):
     """Cosine to fp32 was 0.52, measured on photographs the digits model never saw: now on its own val set, said."""
     pytest.importorskip("nncf")
@@ -193,6 +198,7 @@ def test_bench_int8_measures_fidelity_on_the_runs_own_images(run):
     assert record["cosine_vs_fp32_eager"] > 0.99
 
 
+@pytest.mark.slow
 def test_one_record_schema_for_predict_bulk_eval_and_serve(run, tmp_path):
     """One image through `vitzoo predict`, bulk predict, eval --predictions and the server: the same record."""
     pytest.importorskip("litserve")

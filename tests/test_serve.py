@@ -407,6 +407,7 @@ def run_folder(tmp_path_factory):
     return run, val_dir
 
 
+@pytest.mark.slow
 def test_a_trained_run_serves_its_own_class_names(run_folder, tmp_path, capsys):
     folder, val_dir = run_folder
     image = next((val_dir / "7").iterdir())
@@ -450,6 +451,7 @@ def test_the_serve_subcommand_parses_and_refuses_bad_setups(tmp_path, weights, c
     assert vitzoo_main(["serve", "--model", "NoSuchModel", "--weights", str(weights)]) == 2
 
 
+@pytest.mark.slow
 def test_a_model_that_cannot_load_stops_the_server(tmp_path):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a checkpoint")

@@ -16,6 +16,8 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="no playwright (pip
 
 from test_serve import NAME, PHOTOS, ServerProcess  # noqa: E402  (its importorskips apply here too)
 
+pytestmark = pytest.mark.slow  # Chromium and a server
+
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]  # fmt: skip
 

@@ -48,6 +48,7 @@ def setup(tmp_path_factory):
     return root, val, weights
 
 
+@pytest.mark.slow  # half a minute: every model of a table evaluated on a folder
 def test_table_data_equals_eval_keeps_results_and_has_the_seeds_columns(setup):
     root, val, weights = setup
     out = root / "results"

@@ -65,7 +65,8 @@ def test_every_model_has_a_reference():
     assert set(TIMM_NAMES) | {"ViT_small_patch16_224"} == set(vitzoo.list_models())
 
 
-@pytest.mark.parametrize("name", vitzoo.list_models())
+@pytest.mark.parametrize("name", [n if "tiny" in n or n == "ViT_small_patch16_224" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in vitzoo.list_models()])  # fast tier: the tiny models and ViT_small's own scale
 def test_logits_match_timm(name):
     ours, reference = build_pair(name)
     size = ours.cfg.img_size

@@ -19,6 +19,8 @@ from train_digits import write_digits  # noqa: E402
 
 from test_train_resume import assert_same_state  # noqa: E402
 
+pytestmark = pytest.mark.slow  # torchrun: two training processes
+
 
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):

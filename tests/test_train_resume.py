@@ -17,6 +17,8 @@ pytest.importorskip("sklearn")
 sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from train_digits import write_digits  # noqa: E402
 
+pytestmark = pytest.mark.slow  # training runs killed and resumed in subprocesses
+
 EPOCHS, STEPS_PER_EPOCH = 5, 6
 
 

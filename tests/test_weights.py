@@ -96,6 +96,7 @@ def test_other_num_classes_drops_the_heads_and_says_so(tmp_path, reference, capl
     assert torch.equal(model.blocks[5].attn.qkv.weight, reference.blocks[5].attn.qkv.weight)
 
 
+@pytest.mark.slow
 def test_convert_cli_to_safetensors_and_back(tmp_path, reference, x):
     src = tmp_path / "deit.pth"
     torch.save({"model": reference.state_dict()}, src)

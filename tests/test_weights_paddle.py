@@ -105,7 +105,7 @@ def images() -> np.ndarray:
 # --- PaddleClas -> vitzoo --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.startswith("ViT") else n for n in MODELS])
 def test_paddle_saved_file_gives_paddleclas_logits(name, images, tmp_path):
     reference = randomize_paddle_(paddle_model(name))
     expected = paddle_logits(reference, images)

@@ -264,6 +264,7 @@ def test_pdparams_one_string_encoded_again_and_again(tmp_path):
     refused_within(path, 32 * MB, "memo-reuse bomb")
 
 
+@pytest.mark.slow
 def test_pdparams_memo_index_far_out(tmp_path):
     """LONG_BINPUT 10**8 in 8 bytes: the C unpickler's memo is an array it grows to 10**8 slots (800 MB, zeroed)."""
     data = b"\x80\x02}r" + struct.pack("<I", 10**8) + b"."
