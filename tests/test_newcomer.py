@@ -201,7 +201,7 @@ def test_bench_int8_measures_fidelity_on_the_runs_own_images(run):
 @pytest.mark.slow
 def test_one_record_schema_for_predict_bulk_eval_and_serve(run, tmp_path):
     """One image through `vitzoo predict`, bulk predict, eval --predictions and the server: the same record."""
-    pytest.importorskip("litserve")
+    pytest.importorskip("uvicorn")
     pytest.importorskip("httpx")
     from test_serve import ServerProcess
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("litserve")
+pytest.importorskip("uvicorn")
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
@@ -41,8 +41,8 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m vitzoo serve ARGS --port P` on 127.0.0.1, its output in `log`; `stop()` ends it and its children."""
 
-    def __init__(self, args: list[str], log: Path, env: dict | None = None):
-        self.port = free_port()
+    def __init__(self, args: list[str], log: Path, env: dict | None = None, port: int | None = None):
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         with open(log, "wb") as out:  # a file, not a pipe: a full pipe would stall the server
@@ -142,7 +142,7 @@ def test_alive_before_ready_and_ready_once_warm(server):
     assert first_healthz == 200 and first_readyz == 503, server.startup  # HTTP up while the model still loads
     assert server.startup[-1] == (200, 200)
     body = server.client.get("/readyz").json()
-    assert body["ready"] is True and set(body["workers"].values()) == {"ready"}
+    assert body == {"ready": True, "model": "ready", "draining": False}
     assert metric(server.client.get("/metrics").text, "vitzoo_serve_ready") == 1.0
     assert "model worker ready" in server.log.read_text()
 
@@ -340,7 +340,6 @@ def test_models_openapi_metrics_and_page(server):
         assert {"top_k", "protocol"} <= {p["name"] for p in paths[path]["post"]["parameters"]} or path != "/v1/classify"
     for path in ("/v1/models", "/healthz", "/readyz", "/metrics"):
         assert "get" in paths[path]
-    assert "/v1/_batch" not in paths and "/predict" not in paths  # LitServe's own route is not exposed
     top_k = next(p for p in paths["/v1/classify"]["post"]["parameters"] if p["name"] == "top_k")
     assert top_k["schema"]["maximum"] == 1000 and top_k["schema"]["minimum"] == 1
 
@@ -357,7 +356,7 @@ def test_models_openapi_metrics_and_page(server):
     assert 'name="viewport"' in page.text
 
 
-# -- model errors: a 5xx with the request id in the log, and no dead worker left behind --------------------------------
+# -- model errors: a 5xx with the request id in the log, the server serving on ------------------------------------------
 def test_a_model_error_is_a_5xx_with_its_request_id_logged(server):
     photo = (PHOTOS / "coffee.png").read_bytes()
     expected = classify(server, photo).json()["top"]
@@ -375,26 +374,6 @@ def test_a_model_error_is_a_5xx_with_its_request_id_logged(server):
         assert answer.status_code == 200
         assert_same_top(answer.json()["top"], expected)
     assert "fault-raise-1" in server.log.read_text()
-    assert server.client.get("/readyz").status_code == 200
-
-
-def test_a_worker_that_dies_is_replaced(server):
-    """Runs last on this server: the worker process exits mid-batch; its request gets a 5xx, LitServe starts a new
-    worker, and the server is ready and right again."""
-    photo = (PHOTOS / "coffee.png").read_bytes()
-    expected = classify(server, photo).json()["top"]
-    dead = classify(server, photo, headers={"X-Vitzoo-Fault": "exit", "X-Request-ID": "fault-exit-1"})
-    assert dead.status_code == 500 and dead.json()["kind"] == "model_error", dead.text
-    assert "fault-exit-1" in server.log.read_text()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        answer = classify(server, photo)
-        if answer.status_code == 200:
-            break
-        assert answer.status_code == 503 and answer.json()["kind"] == "not_ready", answer.text
-        time.sleep(0.2)
-    assert answer.status_code == 200, server.log.read_text()
-    assert_same_top(answer.json()["top"], expected)
     assert server.client.get("/readyz").status_code == 200
 
 

@@ -297,13 +297,16 @@ class ServeConfig(ModelOptions, PathOptions):
     max_upload_mb: float = option(20.0, "largest request body")
     max_megapixels: float = option(50.0, "largest image, read from its header before decoding")
     timeout: float = option(30.0, "seconds a request may wait for its answer")
+    grace_s: float = option(30.0, "on SIGTERM: seconds to answer the requests already received before exiting (new "
+                            "ones get 503 meanwhile)")  # fmt: skip
+    header_timeout_s: float = option(10.0, "seconds a client has to send a request's headers")
     log_level: str = option("info", "log level", choices=("debug", "info", "warning", "error"))
 
     def check(self):
         ModelOptions.check(self)
         PathOptions.check(self)
-        _positive(self, "max_batch_size", "workers", "port", "max_upload_mb", "max_megapixels", "timeout",
-                  allow_none=False)  # fmt: skip
+        _positive(self, "max_batch_size", "workers", "port", "max_upload_mb", "max_megapixels", "timeout", "grace_s",
+                  "header_timeout_s", allow_none=False)  # fmt: skip
         if self.batch_timeout_ms < 0:
             raise ConfigError("--batch-timeout-ms must not be negative")
         _choice(self, "protocol", PROTOCOLS)

@@ -1,7 +1,7 @@
 """The server's Prometheus metrics (GET /metrics), in a registry of their own.
 
-They are all recorded in the HTTP process: the model worker sends each answer back with its batch's size and times,
-and the HTTP side records them, so one process holds every number and no multiprocess collector is needed.
+They are recorded in the process that serves: the HTTP side and the model worker share it, so no multiprocess
+collector is needed (with --workers N, each worker process has its own, and a scrape sees the one that answered).
 """
 
 from __future__ import annotations
@@ -28,16 +28,8 @@ PREPROCESS_SECONDS = Histogram("vitzoo_serve_preprocess_seconds", "Decode and pr
                                buckets=TIME_BUCKETS, registry=REGISTRY)  # fmt: skip
 REQUEST_SECONDS = Histogram("vitzoo_serve_request_seconds", "Time from the request's arrival to its answer, by route",
                             ["route"], buckets=TIME_BUCKETS, registry=REGISTRY)  # fmt: skip
-READY = Gauge("vitzoo_serve_ready", "1 when a model worker is loaded and warm", registry=REGISTRY)
-WORKERS_READY = Gauge("vitzoo_serve_workers_ready", "Model workers loaded and warm", registry=REGISTRY)
-
-
-def record_batch(answer: dict) -> None:
-    """Batch numbers arrive with each of the batch's answers: count the batch once, with its first answer."""
-    QUEUE_SECONDS.observe(answer["queue_s"])
-    if answer["batch_position"] == 0:
-        BATCH_SIZE.observe(answer["batch_size"])
-        MODEL_SECONDS.observe(answer["model_s"])
+READY = Gauge("vitzoo_serve_ready", "1 when the model is loaded and warm and the server not draining",
+              registry=REGISTRY)  # fmt: skip
 
 
 def render() -> bytes:

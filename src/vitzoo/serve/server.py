@@ -1,235 +1,202 @@
-"""The LitServe server under `vitzoo serve`, and the command's entry point.
+"""`vitzoo serve`'s processes: the app (app.py) under uvicorn, drained on SIGTERM, one process or `--workers N`.
 
-LitServe (FastAPI + uvicorn) provides the HTTP process, the model worker processes, the request queue and the
-dynamic batching. What this file adds around it, and why:
-- HTTP starts at once, before the model is warm (LitServe waits first), so /healthz answers and /readyz says false
-  while the model loads; a worker that fails to load stops the server with an error instead.
-- LitServe's generic routes (its "/" and "/predict"-style route, which would decode images inside the batch) are
-  replaced by vitzoo's routes (app.py), which check and preprocess an upload before it is queued.
-- A watcher in the HTTP process keeps readiness current and fails (5xx) the requests of a worker that died
-  mid-batch; LitServe restarts the worker (restart_workers=True), so no dead worker is left behind.
+- One worker (the default): this process serves. HTTP answers at once; the model loads in the background.
+- N workers: this process binds the port and supervises N server processes sharing it (the kernel spreads the
+  connections); one that dies is started again; SIGTERM is passed on to each, and each drains.
+- Drain (SIGTERM, as Kubernetes sends on every scale-down and rollout; or Ctrl-C): readiness turns false at once,
+  every request already received is answered, new ones get 503 with `Connection: close`, and the process exits when
+  the last is answered or `--grace-s` has passed. A second signal stops at once.
+- A client gets `--header-timeout-s` to send a request's headers (a slow client sending them byte by byte would
+  otherwise hold its connection forever); idle keep-alive connections close after uvicorn's keep-alive timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import multiprocessing
 import os
 import signal
+import socket
 import sys
-import threading
 import time
-import uuid
-import warnings
-from dataclasses import dataclass, field
 
-import litserve as ls
-from litserve.utils import LitAPIStatus, ResponseBufferItem, WorkerSetupStatus
-from starlette.concurrency import run_in_threadpool
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..config import ConfigError
+from ..config import ConfigError, ServeConfig
 from . import ServeError
-from .batching import BATCH_PATH, ModelAPI
-from .images import RequestError
 
 log = logging.getLogger("vitzoo.serve")
-WORKER_DIED = "worker_died"
-LITSERVE_HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # LitServe's run() accepts only these
+LOAD_FAILED = 3  # a worker process's exit code when its model could not be loaded
 
 
-@dataclass
-class Options:
-    """How the server answers (the command's flags, as the HTTP side needs them)."""
+class HeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol, with a deadline for each request's headers (from the connection's start, or from the
+    first byte of the next request on a kept-alive connection); a client past it is answered 408 and closed."""
 
-    protocol: str | None = None  # default preprocessing (None: the model's own default)
-    max_upload_bytes: int = 20 << 20
-    max_pixels: int = 50_000_000
-    timeout: float = 30.0  # seconds a request may wait for its answer
-    path: dict = field(default_factory=dict)  # precision, backend, device
-    max_batch_size: int = 16
-    batch_timeout_ms: float = 5.0
-    workers: int = 1
-    classes: object = None  # the model's ClassNames
+    header_timeout = 10.0
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._deadline = None
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._deadline is None and self.conn.their_state is h11.IDLE:
+            self._arm()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:  # the headers are in
+            self._disarm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._deadline = asyncio.get_running_loop().call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            self.transport.close()
 
 
-class VitzooServer(ls.LitServer):
-    """A LitServer for one model. `loaded`: its LoadedModel with the weights left out (a "meta" model, enough for
-    the name, class count and preprocessing the HTTP side needs)."""
+def protocol_with(header_timeout: float) -> type:
+    return type("HeaderDeadlineProtocol", (HeaderDeadline,), {"header_timeout": header_timeout})
 
-    def __init__(self, api: ModelAPI, loaded, options: Options):
-        super().__init__(
-            api, accelerator="cpu",  # the worker places the model itself (--device); LitServe only counts workers
-            workers_per_device=options.workers, timeout=options.timeout, restart_workers=True,
-        )  # fmt: skip
-        self.loaded, self.options = loaded, options
-        self.failed: str | None = None
-        self.ready = False
-        self.worker_status: dict[str, str] = {}
-        self.transforms = {}
-        drop = {"/", BATCH_PATH, self.healthcheck_path, self.info_path}  # LitServe's; ours replace them
-        self.app.router.routes[:] = [r for r in self.app.router.routes if getattr(r, "path", None) not in drop]
-        from .app import add_routes
 
-        add_routes(self)
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, draining on the first SIGTERM or SIGINT instead of stopping (see the top)."""
 
-    def transform(self, protocol: str | None):
-        """The eval preprocessing for `protocol` (None: the server's default), built once."""
-        protocol = protocol or self.options.protocol or self.loaded.default_protocol
-        if protocol not in self.transforms:
-            try:
-                self.transforms[protocol] = self.loaded.transform(protocol)
-            except ValueError as e:
-                raise RequestError(422, "bad_parameter", f"protocol: {e}") from None
-        return protocol, self.transforms[protocol]
+    def __init__(self, config: uvicorn.Config, service, grace_s: float):
+        super().__init__(config)
+        self.service, self.grace_s = service, grace_s
+        self.deadline: float | None = None
 
-    # -- startup and readiness ---------------------------------------------------------------------------------------
-    def verify_worker_status(self):
-        """LitServe blocks here until a worker is warm before it starts HTTP; we go on at once (see the top)."""
+    def handle_exit(self, sig, frame) -> None:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.grace_s
+            self.service.drain()
+        else:
+            super().handle_exit(sig, frame)
 
-    def _start_server(self, *args, **kwargs):
-        workers = super()._start_server(*args, **kwargs)
-        # started after the HTTP process was forked off, so no thread of ours is mid-call in the copy
-        threading.Thread(target=self._stop_if_setup_fails, daemon=True, name="vitzoo-setup-watch").start()
-        return workers
+    async def on_tick(self, counter: int) -> bool:
+        if self.service.failed:
+            return True
+        if self.deadline is not None:
+            if (self.service.in_flight == 0 and self.service.refusing) or time.monotonic() > self.deadline:
+                # what is left of the grace period bounds uvicorn's own wait for open connections
+                self.config.timeout_graceful_shutdown = max(0.5, self.deadline - time.monotonic())
+                return True
+        return await super().on_tick(counter)
 
-    def _stop_if_setup_fails(self) -> None:
-        with contextlib.suppress(Exception):  # the manager goes away at shutdown
-            while not self._shutdown_event.is_set():
-                if WorkerSetupStatus.ERROR in self.workers_setup_status.copy().values():
-                    self.failed = "the model worker could not load the model (its error is logged above)"
-                    log.error("%s; stopping", self.failed)
-                    self._shutdown_event.set()
-                    return
-                time.sleep(0.1)
 
-    @contextlib.asynccontextmanager
-    async def lifespan(self, app):
-        async with super().lifespan(app):
-            watcher = asyncio.get_running_loop().create_task(self._watch_workers())
-            try:
-                yield
-            finally:
-                watcher.cancel()
+def _serve(config: ServeConfig, sockets: list[socket.socket] | None = None) -> int:
+    """Serve in this process until drained or stopped: 0, or LOAD_FAILED."""
+    from .app import build_app
 
-    async def _watch_workers(self, interval: float = 0.1) -> None:
-        """In the HTTP process: readiness, and the requests of a worker that died (it leaves READY for STARTING when
-        LitServe restarts it) answered with a 5xx rather than left waiting."""
-        from . import metrics
+    app = build_app(config)
+    uv_config = uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=config.log_level, http=protocol_with(config.header_timeout_s),
+        lifespan="on", timeout_keep_alive=5, access_log=False,
+    )  # fmt: skip
+    server = DrainingServer(uv_config, app.state.service, config.grace_s)
+    server.run(sockets=sockets)
+    return LOAD_FAILED if app.state.service.failed else 0
 
+
+def _worker(config: ServeConfig, sock: socket.socket) -> None:
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.exit(_serve(config, [sock]))
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _supervise(config: ServeConfig) -> int:
+    """N server processes on one socket: started, watched (a dead one started again), drained on SIGTERM."""
+    sock = _bind(config.host, config.port)
+    spawn = multiprocessing.get_context("spawn")
+    stopping = []
+
+    def start(index: int):
+        process = spawn.Process(target=_worker, args=(config, sock), name=f"vitzoo-serve-{index}", daemon=False)
+        process.start()
+        return process
+
+    def on_signal(signum, frame):
+        if not stopping:
+            log.info("passing %s on to %d worker(s)", signal.Signals(signum).name, len(workers))
+            for process in workers:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGTERM)
+        stopping.append(time.monotonic())
+
+    workers = [start(i) for i in range(config.workers)]
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    log.info("serving %s with %d worker processes on http://%s:%d", config.model, config.workers, config.host,
+             config.port)  # fmt: skip
+    failed = False
+    try:
         while True:
-            try:
-                status = await asyncio.to_thread(self.workers_setup_status.copy)  # a round trip to LitServe's manager
-            except Exception:  # noqa: BLE001  (the manager is gone: shutting down)
-                return
-            status = {key.rsplit("_", 1)[1]: state for key, state in status.items()}  # "_batch_0" -> "0"
-            for worker, state in status.items():
-                if self.worker_status.get(worker) == WorkerSetupStatus.READY and state != WorkerSetupStatus.READY:
-                    self._fail_requests_of(int(worker))
-            self.worker_status = status
-            ready = sum(state == WorkerSetupStatus.READY for state in status.values())
-            self.ready = ready > 0 and WorkerSetupStatus.ERROR not in status.values()
-            metrics.READY.set(int(self.ready))
-            metrics.WORKERS_READY.set(ready)
-            await asyncio.sleep(interval)
-
-    def _fail_requests_of(self, worker_id: int) -> None:
-        lost = [item for item in self.response_buffer.values() if item.worker_id == worker_id and not item.event.is_set()]
-        log.error("model worker %d died; failing its %d request(s) in flight; LitServe restarts it", worker_id, len(lost))
-        for item in lost:
-            item.response = (WORKER_DIED, LitAPIStatus.ERROR)
-            item.event.set()
-
-    # -- the queue -----------------------------------------------------------------------------------------------------
-    async def submit(self, payload: dict) -> dict:
-        """Queue one checked request for the model worker and wait for its answer (an error answer raises)."""
-        if not self.ready:
-            raise RequestError(503, "not_ready", "the model is not loaded and warm yet; see GET /readyz")
-        uid = uuid.uuid4().hex
-        item = ResponseBufferItem(event=asyncio.Event())
-        self.response_buffer[uid] = item
-        payload["queued"] = time.monotonic()
-        request = (self.app.response_queue_id, uid, payload["queued"], payload)
-        try:
-            # the queue is a Manager proxy: a put is a round trip to another process, kept off the event loop
-            await run_in_threadpool(self._get_request_queue(BATCH_PATH).put, request)
-            await asyncio.wait_for(item.event.wait(), timeout=self.options.timeout + 5)
-        except asyncio.TimeoutError:
-            raise RequestError(504, "timeout", f"no answer within {self.options.timeout:g} s") from None
-        finally:
-            self.response_buffer.pop(uid, None)
-        answer, status = item.response
-        rid = payload["request_id"]
-        if status == LitAPIStatus.ERROR:
-            if answer == WORKER_DIED:
-                log.error("request %s: the model worker died while running its batch", rid)
-                raise RequestError(500, "model_error", "the model worker died while running this request; retry")
-            if getattr(answer, "status_code", None) == 504:  # LitServe's: it waited in the queue past --timeout
-                raise RequestError(504, "timeout", f"the request waited in the queue over {self.options.timeout:g} s")
-            log.error("request %s: model worker error: %r", rid, answer)
-            raise RequestError(500, "model_error", "the model failed on this request")
-        if "error" in answer:
-            log.error("request %s: model error: %s", rid, answer["error"])
-            raise RequestError(500, "model_error", f"the model failed on this request: {answer['error']}")
-        return answer
+            time.sleep(0.2)
+            if stopping and (all(not p.is_alive() for p in workers) or time.monotonic() > stopping[0] + config.grace_s + 5):
+                break
+            for i, process in enumerate(workers):
+                if process.is_alive() or stopping:
+                    continue
+                if process.exitcode == LOAD_FAILED:
+                    failed = True
+                    on_signal(signal.SIGTERM, None)
+                    break
+                log.error("worker %d (pid %d) died (exit %s); starting another", i, process.pid, process.exitcode)
+                workers[i] = start(i)
+    finally:
+        for process in workers:
+            if process.is_alive():
+                process.kill()
+            process.join()
+        sock.close()
+    if failed:
+        raise ServeError("a worker could not load the model (its error is logged above)")
+    return 0
 
 
-def describe(config):
-    """The model as the HTTP side needs it: name, classes and preprocessing, built on the "meta" device (no
-    weights read for a table model, no memory, no time): the worker loads the real one."""
-    import torch
-
-    from ..factory import load_model, resolve_model
-
-    with torch.device("meta"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a run folder's weights "copied" into meta tensors: a no-op, as wanted
-        run = resolve_model(config.model).kind == "run"
-        return load_model(config.model, weights=config.weights if run else None, num_classes=config.num_classes,
-                          random_weights=not run)  # fmt: skip
-
-
-def run(config) -> int:
-    """`vitzoo serve`: load, warm and serve `config` (a `vitzoo.config.ServeConfig`) until interrupted (SIGINT or
-    SIGTERM). 0 on a clean stop, 1 if the model could not be loaded. Everything that can be refused is refused
-    before the server starts."""
+def run(config: ServeConfig) -> int:
+    """`vitzoo serve`: serve `config`'s model until drained (SIGTERM or SIGINT). 0 on a clean stop; ServeError if the
+    model could not be loaded. Everything that can be refused is refused before the server starts."""
     from ..factory import check_calibration, resolve_model
 
     config.check()
-    if config.host not in LITSERVE_HOSTS:
-        raise ConfigError(f"--host must be one of {', '.join(LITSERVE_HOSTS)} (LitServe binds only these)")
     check_calibration(config.model, config.precision, config.calibration)  # int8 without images: refused now
     if config.weights is None and resolve_model(config.model).kind != "run":
         raise ConfigError(f"--weights is needed for {config.model} (a run folder brings its own)")
-    path = config.path.require()
+    config.path.require()
     logging.basicConfig(level=getattr(logging, config.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    loaded = describe(config)
-    classes = loaded.class_names(config.class_names)  # refuses a names file of the wrong length now
-    if config.protocol:
-        loaded.transform(config.protocol)  # refuse an impossible protocol now, not on each request
-    options = Options(
-        protocol=config.protocol, max_upload_bytes=int(config.max_upload_mb * (1 << 20)),
-        max_pixels=int(config.max_megapixels * 1e6), timeout=config.timeout, max_batch_size=config.max_batch_size,
-        batch_timeout_ms=config.batch_timeout_ms, workers=config.workers, path=path.fields(), classes=classes,
-    )  # fmt: skip
-    api = ModelAPI(config, max_batch_size=config.max_batch_size, batch_timeout=config.batch_timeout_ms / 1000)
-    server = VitzooServer(api, loaded, options)
-
-    main_pid = os.getpid()
-
-    def stop(signum, frame):
-        """SIGTERM (docker stop, kill) stops as cleanly as Ctrl-C: LitServe's shutdown runs on KeyboardInterrupt.
-        The forked HTTP process inherits this handler and uvicorn re-raises the signal there once it has stopped:
-        that process just exits."""
-        if os.getpid() != main_pid:
-            sys.exit(0)
-        raise KeyboardInterrupt
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
-    log.info("serving %s on http://%s:%d (page at /, API docs at /docs)", loaded.name, config.host, config.port)
-    server.run(host=config.host, port=config.port, num_api_servers=1, log_level=config.log_level,
-               generate_client_file=False, api_server_worker_type="process")  # fmt: skip
-    if server.failed:
-        raise ServeError(server.failed)
+    if config.workers > 1:
+        return _supervise(config)
+    log.info("serving %s on http://%s:%d (page at /, API docs at /docs)", config.model, config.host, config.port)
+    if _serve(config) == LOAD_FAILED:
+        raise ServeError("the server could not load the model (its error is logged above)")
     return 0
