@@ -5,9 +5,11 @@ attention overlay rendered, at a phone's width, with nothing fetched from anywhe
 from __future__ import annotations
 
 import base64
+import io
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -98,6 +100,16 @@ def test_the_page_classifies_a_photo_and_shows_its_attention(server, tmp_path):
             page.set_input_files("#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}])
             page.wait_for_selector("#status.error")
             assert "not an image" in page.inner_text("#status")
+
+            # a 1x60000 strip: refused by the server (it would resize past 16 megapixels), and its preview stays on
+            # the screen instead of growing 60000 pixels tall
+            strip = io.BytesIO()
+            Image.new("RGB", (1, 60000), (200, 30, 30)).save(strip, format="PNG")
+            page.set_input_files("#file", files=[{"name": "strip.png", "mimeType": "image/png",
+                                                  "buffer": strip.getvalue()}])  # fmt: skip
+            page.wait_for_function("document.querySelector('#preview').naturalHeight === 60000")
+            page.wait_for_selector("#status.error")
+            assert page.eval_on_selector("#preview", "img => img.getBoundingClientRect().height") <= 844
 
             desktop = browser.new_page(viewport={"width": 1200, "height": 800})
             desktop.goto(server.url + "/")

@@ -64,13 +64,8 @@ class ModelWorker:
         config = self.config
         started = time.perf_counter()
         try:
-            threads = config.threads
-            if not threads and torch.device(config.device).type == "cpu":
-                # decoding and HTTP run on the same CPU: leave them a core (measured on 2 cores with the earlier
-                # server: 2 torch threads fighting the decoder took 3 req/s, 1 thread 21 req/s)
-                threads = max(1, len(os.sched_getaffinity(0)) - 1)
-            if threads:
-                torch.set_num_threads(threads)
+            if config.threads:
+                torch.set_num_threads(config.threads)
             loaded = load_model_from(config)
             self.classes = loaded.class_names(config.class_names)
             # attention maps need the fp32 model; the torch paths convert their model in place, so they get a copy
