@@ -153,7 +153,7 @@ def test_eval_predict_bench_export_take_a_run_folder(run_folder, tmp_path, capsy
                  "--format", "json"]) == 0  # fmt: skip
     record = json.loads(capsys.readouterr().out)[0]
     assert record["ms_median"] > 0 and record["seed_v100_ms"] is None
-    assert main(["export", "--model", str(folder), str(tmp_path / "run.onnx"), "--no-check"]) == 0
+    assert main(["export", "--model", str(folder), str(tmp_path / "run.onnx")]) == 0
     assert (tmp_path / "run.onnx").stat().st_size > 0
     assert main(["eval", "--model", str(tmp_path), "--data", str(val_dir)]) == 2  # not a run folder: one line
     assert "not a trained run's folder" in capsys.readouterr().err

@@ -163,7 +163,8 @@ def test_export_of_a_run_is_one_file_and_keeps_its_size(run, tmp_path):
     folder, _, _ = run
     onnx_file = tmp_path / "run.onnx"
     proc = run_cli("export", "--model", folder, onnx_file)
-    assert "wrote" in proc.stdout and sorted(p.name for p in tmp_path.iterdir()) == ["run.onnx"]
+    # one model file (no .onnx.data beside it) and its description
+    assert "wrote" in proc.stdout and sorted(p.name for p in tmp_path.iterdir()) == ["run.onnx", "run.onnx.json"]
     message = one_line_error(run_cli("export", "--model", folder, "--img-size", "48", tmp_path / "x.onnx", check=False))
     assert "trained at (16)" in message and not (tmp_path / "x.onnx").exists()
 

@@ -14,6 +14,7 @@ import os
 import typing
 from dataclasses import MISSING, dataclass, field
 
+from .artifacts.card import RUNTIMES
 from .data.transforms import PROTOCOLS, RUN_PROTOCOL
 from .infer.paths import BACKENDS, PRECISIONS, InferencePath
 
@@ -99,8 +100,8 @@ class ModelOptions:
 class PathOptions:
     """The inference path a model runs through (`vitzoo.infer`): precision, backend, device; int8's calibration."""
 
-    precision: str = option("fp32", "fp32, bf16, fp16 (weights and activations), int8 (static, calibrated)",
-                            choices=PRECISIONS)  # fmt: skip
+    precision: str | None = option(None, "fp32 (default), bf16, fp16 (weights and activations), int8 (static, "
+                                   "calibrated); an exported model runs at its own", choices=PRECISIONS)  # fmt: skip
     backend: str | None = option(None, "eager (the model as written; default), fast (trimmed, fused eager), compile "
                                  "(torch.compile), cudagraph, onnxruntime, openvino (default for int8)",
                                  choices=BACKENDS)  # fmt: skip
@@ -112,7 +113,7 @@ class PathOptions:
 
     @property
     def path(self) -> InferencePath:
-        return InferencePath(self.precision, self.backend, self.device)
+        return InferencePath(self.precision or "fp32", self.backend, self.device)
 
     def check(self):
         try:
@@ -219,26 +220,37 @@ class BenchConfig(PathOptions):
         return self
 
 
-EXPORT_FORMATS = ("onnx",)
+EXPORT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 TABLE_PROTOCOLS = tuple(p for p in PROTOCOLS if p != RUN_PROTOCOL)  # the table's models are named ones
 
 
 @dataclass(kw_only=True)
 class ExportConfig(ModelOptions):
-    """`vitzoo export`: a model with its weights as a file another runtime loads (`vitzoo.run_export`)."""
+    """`vitzoo export`: a model with its weights as a file another runtime loads, with no Python and no vitzoo
+    (`vitzoo.run_export`); a sidecar OUT.json describes it (class names, input size, preprocessing)."""
 
-    out: str = option(help="the output file (.onnx)", positional=True)
-    format: str = option("onnx", "the file format", choices=EXPORT_FORMATS)
-    precision: str = option("fp32", "the weights' precision", choices=("fp32",))
-    opset: int = option(18, "ONNX opset (23 writes attention as ONNX's Attention operator)")
+    out: str = option(help="the output file: .onnx (ONNX Runtime), .xml (OpenVINO IR), .pt2 (AOTInductor), .pte "
+                      "(ExecuTorch)", positional=True)  # fmt: skip
+    format: str | None = option(None, "the file format (default: by OUT's suffix)", choices=RUNTIMES)
+    precision: str = option("fp32", "onnx: fp32, fp16, int8; openvino: fp32, fp16, int8; pt2: fp32, bf16; "
+                            "executorch: fp32, int8", choices=EXPORT_PRECISIONS)  # fmt: skip
+    calibration: str | None = option(None, "int8: images whose activations set the quantization ranges (a folder, "
+                                     "any layout, or a list file; default: a trained run's own train set)")  # fmt: skip
+    calibration_size: int = option(300, "int8: at most N calibration images, spread over the source")
+    batch: str = option("dynamic", "the batch the file takes: dynamic (any; executorch: 1) or N")
     img_size: int | None = option(None, "export a named model for another input size (pos_embed resampled)")
-    check_output: bool = option(True, "skip the onnxruntime vs eager check", negate="--no-check")
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.batch == "dynamic" else int(self.batch)
 
     def check(self):
         ModelOptions.check(self)
-        _choice(self, "format", EXPORT_FORMATS)
-        _choice(self, "precision", ("fp32",))
-        _positive(self, "opset", "img_size")
+        _choice(self, "format", RUNTIMES)
+        _choice(self, "precision", EXPORT_PRECISIONS)
+        _positive(self, "img_size", "calibration_size")
+        if self.batch != "dynamic" and not (str(self.batch).isdigit() and int(self.batch) > 0):
+            raise ConfigError(f"--batch must be dynamic or a positive number, got {self.batch!r}")
         return self
 
 

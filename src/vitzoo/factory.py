@@ -9,6 +9,7 @@ from pathlib import Path
 from .data.transforms import RUN_PROTOCOL, EvalTransform, eval_transform, timm_crop_pct
 from .labels import ClassNames
 from .model import VisionTransformer, build_model
+from .artifacts.card import SUFFIXES as ARTIFACT_SUFFIXES  # files of other runtimes (vitzoo export writes them)
 from .specs import SPECS, UnknownModelError, get_spec
 
 
@@ -63,8 +64,6 @@ def set_pretrained_cfg(model: VisionTransformer, transform: EvalTransform, crop_
 # -- a model and what it needs to be used: its class names and its eval preprocessing ---------------------------------
 MODEL_CARD = "model.json"  # written by `vitzoo train` into its output folder
 CARD_FORMAT = "vitzoo-model"
-# files of other runtimes `--model` will take (vitzoo export writes them)
-ARTIFACT_SUFFIXES = {".onnx": "onnx", ".xml": "openvino", ".pt2": "pt2", ".pte": "executorch"}
 
 
 @dataclass(frozen=True)
@@ -121,7 +120,7 @@ INT8_NEEDS_CALIBRATION = ("--precision int8 needs --calibration FOLDER|LIST: ima
 def check_calibration(model: str, precision: str, calibration: str | None) -> None:
     """int8 without calibration images is refused before anything loads, unless `model` is a trained run (which
     brings its own train set)."""
-    if precision == "int8" and not calibration and resolve_model(model).kind != "run":
+    if precision == "int8" and not calibration and resolve_model(model).kind == "name":
         raise ValueError(INT8_NEEDS_CALIBRATION)
 
 
@@ -144,6 +143,14 @@ class LoadedModel:
     @property
     def default_protocol(self) -> str:
         return RUN_PROTOCOL if self.run_transform else "seed"
+
+    @property
+    def num_classes(self) -> int:
+        return self.model.num_classes
+
+    @property
+    def img_size(self) -> int:
+        return self.model.cfg.img_size
 
     def transform(self, protocol: str | None = None) -> EvalTransform:
         protocol = protocol or self.default_protocol
@@ -187,11 +194,12 @@ class LoadedModel:
         on `calibration_source`, preprocessed by `transform(protocol)`."""
         from .infer import build_path, calibration_images
 
+        path = options.path
         calibration = None
-        if options.precision == "int8":
+        if path.precision == "int8":
             data, root, _ = self.calibration_source(options.calibration)
             calibration = calibration_images(data, self.transform(protocol), options.calibration_size, root=root)
-        return build_path(self.model, options.precision, options.backend, options.device, calibration, workdir)
+        return build_path(self.model, path.precision, path.backend, path.device, calibration, workdir)
 
 
 def read_class_names(path: str | Path) -> list[str]:
@@ -245,9 +253,11 @@ def load_model(
     img_size: int | None = None,
     pos_embed_resample: str = "timm",
     random_weights: bool = False,
-) -> LoadedModel:
+):
     """A model to answer with: a table model by name with `weights`, or a trained run's output folder (its
-    architecture, weights and class names; `weights` may name another file of it, e.g. model_ema.safetensors).
+    architecture, weights and class names; `weights` may name another file of it, e.g. model_ema.safetensors): a
+    `LoadedModel`. An exported file (`vitzoo export`) gives a `vitzoo.artifacts.LoadedArtifact`, the same interface
+    run in the file's own runtime.
 
     The weights' head must fit the model (a checkpoint of other classes is refused: its answers would be random);
     `random_weights` builds a table model without weights (timing needs no values).
@@ -257,8 +267,13 @@ def load_model(
 
     ref = resolve_model(source)
     if ref.kind == "artifact":
-        raise ValueError(f"{ref.path}: an exported {ARTIFACT_SUFFIXES[ref.path.suffix.lower()]} model; this command "
-                         "runs vitzoo models (a name with --weights, or a run folder)")  # fmt: skip
+        from .artifacts import load_artifact
+
+        if weights is not None:
+            raise ValueError(f"{ref.path}: an exported model holds its weights; --weights does not apply")
+        if img_size is not None:
+            raise ValueError(f"{ref.path}: an exported model takes the input size it was exported at")
+        return load_artifact(ref.path)
     if ref.kind == "run":
         folder = ref.path
         card = _read_card(folder)

@@ -145,6 +145,28 @@ def _bench_model(
     return records
 
 
+@torch.inference_mode()
+def _bench_artifact(ref, sizes, config: BenchConfig, say) -> list[dict]:
+    """An exported file timed in its own runtime (no PyTorch model built); its fidelity to fp32 eager was measured when
+    it was exported (`vitzoo export` prints it) and shows in `vitzoo eval`."""
+    if config.compare:
+        raise ConfigError(f"{ref.path}: an exported model is timed alone (--compare sets vitzoo's paths against peers)")
+    loaded = load_model(ref.path)
+    run = loaded.runner(config)
+    common = {"model": loaded.name if loaded.name != "custom" else ref.name, "artifact": str(ref.path),
+              **run.path.fields(), "device_name": device_name("cpu"), "path_notes": run.notes}  # fmt: skip
+    records = []
+    for bs, throughput in sizes:
+        say(f"{ref.name} ({run.path.name}) batch {bs}")
+        x = torch.randn(bs, 3, loaded.img_size, loaded.img_size)
+        timing = time_alternating({"artifact": lambda: run(x)}, bs, "cpu", config.warmup, config.runs,
+                                  config.wait_quiet or 0.0)["artifact"]  # fmt: skip
+        records.append({**common, "batch_size": bs, **_timing_fields(timing), "runs": config.runs,
+                        "warmup": config.warmup, "throughput": throughput,
+                        "seed_v100_ms": _seed_ms(loaded, bs, throughput)})  # fmt: skip
+    return records
+
+
 def _seed_ms(loaded: LoadedModel, batch_size: int, throughput: bool) -> float | None:
     """The seed's V100 figure for this batch size, where the seed has one."""
     if throughput or loaded.name not in SPECS:
@@ -246,7 +268,7 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
 
     config.check()
     device = str(torch.device(config.device))
-    path = InferencePath(config.precision, config.backend, device).require()
+    path = InferencePath(config.path.precision, config.path.backend, device).require()
     try:
         peers = parse_peers(config.compare)
     except ValueError as e:
@@ -261,9 +283,13 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
             twin_path = path if config.timm_baseline == "same" else InferencePath.parse(config.timm_baseline, device)
         except ValueError as e:
             raise ConfigError(f"--timm-baseline: {e}") from None
-    names = [ref.name for ref in resolve_models(config.models)]
+    refs = resolve_models(config.models)
+    if not in_process and any(ref.kind == "artifact" for ref in refs):
+        raise ConfigError("--compare sets vitzoo's paths against peers; an exported model is timed in its own runtime "
+                          "alone (export it in each format to compare them)")  # fmt: skip
+    names = [ref.name for ref in refs]
     for name in names:
-        check_calibration(name, config.precision, config.calibration)
+        check_calibration(name, path.precision, config.calibration)
     set_threads(config.threads)
     if path.on_cuda:
         strict_fp32()  # fp32 runs, vitzoo's and timm's, without TF32
@@ -273,8 +299,10 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
     say = progress or (lambda message: None)
     with tempfile.TemporaryDirectory(prefix="vitzoo-bench-") as tmp:
         records = []
-        for name in names:
-            if in_process:
+        for name, ref in zip(names, refs):
+            if ref.kind == "artifact":
+                records += _bench_artifact(ref, sizes, config, say)
+            elif in_process:
                 records += _bench_model(name, path, sizes, twin_path, config, say, Path(tmp))
             else:
                 records += _bench_engines(name, path, sizes, peers, twin_path, config, say, Path(tmp))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from ..artifacts import ArtifactError
 from ..bench.engines import EngineFailed
 from ..config import ConfigError
 from ..data.datasets import DatasetError
@@ -25,6 +26,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
     (UnknownModelError, 2, "a model reference that names nothing"),
     (PathUnavailable, 2, "an inference path this machine cannot run"),
     (WeightsError, 2, "a weights file that cannot be used"),
+    (ArtifactError, 2, "an exported model file that cannot be used"),
     (CheckpointError, 2, "a training checkpoint that cannot be used"),
     (TeacherError, 2, "a teacher that cannot be used"),
     (DatasetError, 2, "a data set that cannot be read"),

@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
          PredictConfig, formats=["text", "json"], groups=PATH_GROUP)  # fmt: skip
     _add(sub, "bench", commands.bench, "latency and throughput of inference paths, against timm, OpenVINO, "
          "ONNX Runtime and Paddle Inference", BenchConfig, formats=["markdown", "json"], output=True)  # fmt: skip
-    _add(sub, "export", commands.export, "a model with its weights as an ONNX file (dynamic batch)", ExportConfig)
+    _add(sub, "export", commands.export, "a model as a file ONNX Runtime, OpenVINO, AOTInductor or ExecuTorch loads", ExportConfig)
     p = _add(sub, "train", commands.train, "train or fine-tune with DeiT's recipe (distillation, torchrun, exact "
              "resume); flags over a recipe file over DeiT's defaults", TrainConfig, groups=TRAIN_GROUPS,
              choices=CHOICES, layered=True)  # fmt: skip

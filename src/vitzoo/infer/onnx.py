@@ -22,22 +22,23 @@ DEFAULT_OPSET = 18
 ONNX_FILE_LIMIT = 1_900_000_000  # bytes of weights one .onnx file takes: protobuf refuses messages over 2 GiB
 
 
-def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET) -> Path:
+def export_onnx(model: nn.Module, path: str | Path, opset: int = DEFAULT_OPSET, batch: int | None = None) -> Path:
     """Write `model` (eval mode, its current dtype and device) to `path` as ONNX: input "images" [batch, C, H, W],
-    output "logits" [batch, classes], the batch axis dynamic. The exporter's messages go to stderr."""
+    output "logits" [batch, classes], the batch axis dynamic (or fixed at `batch`). The exporter's messages go to
+    stderr."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     param = next(model.parameters())
     # traced at batch 2: the exporter would take a batch of 1 for a constant, not the dynamic axis
-    example = torch.randn(2, *image_shape(model), device=param.device, dtype=param.dtype)
+    example = torch.randn(batch or 2, *image_shape(model), device=param.device, dtype=param.dtype)
     exported = TrimmedLogits(model) if isinstance(model, VisionTransformer) else model
     # one file, unless the weights pass protobuf's 2 GB limit (ViT-L is 1.2 GB in fp32): then a .onnx.data beside it
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     with stdout_to_stderr():
         torch.onnx.export(
             exported, (example,), str(path), dynamo=True, opset_version=opset, input_names=["images"],
-            output_names=["logits"], dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+            output_names=["logits"], dynamic_shapes=None if batch else ({0: torch.export.Dim("batch")},), verbose=False,
             external_data=weight_bytes > ONNX_FILE_LIMIT,
         )  # fmt: skip
     return path

@@ -98,25 +98,27 @@ class OpenVINORunner:
     """`runner(images) -> logits`: an exported model compiled by OpenVINO for the CPU, torch tensors in and out.
 
     `precision` "fp32" or "bf16" sets the inference precision; "int8" first quantizes with `calibration` (see
-    `quantize_int8`; required). `threads` defaults to torch's thread count, for a like-for-like comparison.
+    `quantize_int8`; required) unless the model is `quantized` already (an int8 IR that `vitzoo export` saved).
+    `threads` defaults to torch's thread count, for a like-for-like comparison.
 
     One static-shape compile per input shape, cached (a compile takes about a second): a dynamic-batch compile ran
     slower at batch 1.
     """
 
-    def __init__(self, model, precision: str = "fp32", threads: int | None = None, calibration=None):
+    def __init__(self, model, precision: str = "fp32", threads: int | None = None, calibration=None,
+                 quantized: bool = False):
         import openvino
 
         if precision not in PRECISIONS:
             raise ValueError(unavailable_reason(precision))
-        if precision == "int8" and calibration is None:
+        if precision == "int8" and calibration is None and not quantized:
             raise ValueError("int8 needs calibration images (calibration=...): NNCF sets activation ranges from them")
-        reason = unavailable_reason(precision)
+        reason = unavailable_reason("fp32" if quantized else precision)  # a quantized IR needs no NNCF
         if reason is not None:
             raise RuntimeError(reason)
         self.precision = precision
         self.core = openvino.Core()
-        self.model = quantize_int8(model, calibration) if precision == "int8" else _read(model)
+        self.model = quantize_int8(model, calibration) if precision == "int8" and not quantized else _read(model)
         if precision == "fp32":
             # explicit: OpenVINO's CPU default is bf16 wherever the CPU has it
             hint = "f32"

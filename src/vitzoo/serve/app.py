@@ -144,10 +144,10 @@ class Service:
 
     def __init__(self, config: ServeConfig):
         from ..factory import load_model, resolve_model
-        from ..infer.paths import image_shape
 
         self.config = config
-        run = resolve_model(config.model).kind == "run"
+        kind = resolve_model(config.model).kind
+        run = kind == "run"
         import torch
 
         with torch.device("meta"):  # the name, classes and preprocessing only: the worker loads the real one
@@ -156,9 +156,13 @@ class Service:
         self.classes = self.loaded.class_names(config.class_names)  # refuses a names file of the wrong length
         self.protocol = config.protocol or self.loaded.default_protocol
         self.loaded.transform(self.protocol)  # refuses an impossible protocol now, not on each request
-        self.model_name = self.loaded.name if not run else Path(config.model).resolve().name
-        self.image_shape = image_shape(self.loaded.model)
-        self.path = config.path.fields()
+        self.model_name = Path(config.model).resolve().name if run else self.loaded.name
+        if kind == "artifact":  # an exported file: its runtime is its path; a custom model is named by its file
+            self.path = self.loaded.check_path(config.precision, config.backend, config.device).fields()
+            self.model_name = Path(config.model).stem if self.loaded.name == "custom" else self.loaded.name
+        else:
+            self.path = config.path.fields()
+        self.image_shape = (3, self.loaded.img_size, self.loaded.img_size)
         self.max_upload_bytes = int(config.max_upload_mb * (1 << 20))
         self.max_pixels = int(config.max_megapixels * 1e6)
         self.max_images = MAX_IMAGES_PER_REQUEST
@@ -277,7 +281,7 @@ def build_app(config: ServeConfig) -> FastAPI:
         yield
         await service.stop()
 
-    loaded, num_classes = service.loaded, service.loaded.model.num_classes
+    loaded, num_classes = service.loaded, service.loaded.num_classes
     app = FastAPI(title="vitzoo serve", version="2", lifespan=lifespan,
                   description=f"{loaded.name} ({loaded.source}) as a web service: classification and attention maps, "
                   "over vitzoo's /v1 and the Open Inference Protocol (/v2).")  # fmt: skip
@@ -352,6 +356,9 @@ def build_app(config: ServeConfig) -> FastAPI:
         protocol: ProtocolName | None = Query(None, description=protocol_help),
     ):
         start = time.perf_counter()
+        if loaded.model is None:
+            raise RequestError(501, "not_supported", "attention maps need the PyTorch model; this server runs an "
+                               "exported file (classification only)")  # fmt: skip
         protocol, transform, image, preprocess_s = await checked_image(request, protocol)
         job = Job("attention", image, rid(request), fault=request.headers.get("x-vitzoo-fault"))
         answer = await service.worker.submit(job)
@@ -378,7 +385,7 @@ def build_app(config: ServeConfig) -> FastAPI:
     async def models():
         card = {
             "name": loaded.name, "source": loaded.source, "num_classes": num_classes,
-            "img_size": loaded.model.cfg.img_size, "protocol": service.protocol, "protocols": protocols,
+            "img_size": loaded.img_size, "protocol": service.protocol, "protocols": protocols,
             **service.path, "max_batch_size": config.max_batch_size, "batch_timeout_ms": config.batch_timeout_ms,
             "ready": service.ready,
         }  # fmt: skip

@@ -189,9 +189,15 @@ def run(config: ServeConfig) -> int:
 
     config.check()
     check_calibration(config.model, config.precision, config.calibration)  # int8 without images: refused now
-    if config.weights is None and resolve_model(config.model).kind != "run":
-        raise ConfigError(f"--weights is needed for {config.model} (a run folder brings its own)")
-    config.path.require()
+    kind = resolve_model(config.model).kind
+    if config.weights is None and kind == "name":
+        raise ConfigError(f"--weights is needed for {config.model} (a run folder or an exported file brings its own)")
+    if kind == "artifact":  # its own runtime and precision, checked against the flags; the file's checks now too
+        from ..artifacts import load_artifact
+
+        load_artifact(config.model).check_path(config.precision, config.backend, config.device)
+    else:
+        config.path.require()
     logging.basicConfig(level=getattr(logging, config.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     if config.workers > 1:

@@ -231,13 +231,13 @@ def add_routes(app, service) -> None:
 
     def model_metadata() -> dict:
         transform = service.transform(None)[1]
-        size = loaded.model.cfg.img_size
+        size = loaded.img_size
         return {
             "name": service.model_name, "versions": ["1"], "platform": "vitzoo",
             "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 3, size, size]}],
             "outputs": [
-                {"name": "logits", "datatype": "FP32", "shape": [-1, loaded.model.num_classes]},
-                {"name": "probabilities", "datatype": "FP32", "shape": [-1, loaded.model.num_classes]},
+                {"name": "logits", "datatype": "FP32", "shape": [-1, loaded.num_classes]},
+                {"name": "probabilities", "datatype": "FP32", "shape": [-1, loaded.num_classes]},
                 {"name": "top_k_indices", "datatype": "INT64", "shape": [-1, -1]},
                 {"name": "top_k_probabilities", "datatype": "FP32", "shape": [-1, -1]},
                 {"name": "top_k_labels", "datatype": "BYTES", "shape": [-1, -1]},
@@ -245,7 +245,7 @@ def add_routes(app, service) -> None:
             "parameters": {
                 "images": "FP32 [N, 3, H, W] preprocessed as `preprocessing` says, or BYTES [N] of encoded images "
                           "(JPEG, PNG, ...), preprocessed here",
-                "top_k": f"a request parameter, 1 to {loaded.model.num_classes} (default {DEFAULT_TOP_K})",
+                "top_k": f"a request parameter, 1 to {loaded.num_classes} (default {DEFAULT_TOP_K})",
                 "preprocessing": {
                     "protocol": service.protocol, "resize_short": transform.resize_short, "crop": transform.crop,
                     "interpolation": transform.interpolation, "mean": list(transform.mean), "std": list(transform.std),
@@ -303,7 +303,7 @@ def add_routes(app, service) -> None:
             raise _bad(f"one input, 'images', is expected; got {[t.get('name') for t in inputs]}")
         (tensor,), (raw,) = inputs, raws
         shape = _shape(tensor)
-        wanted, k = _requested(parsed, loaded.model.num_classes)
+        wanted, k = _requested(parsed, loaded.num_classes)
         datatype = tensor.get("datatype")
         if datatype == "FP32":
             images = list(_fp32_images(tensor, raw, shape, service.image_shape))

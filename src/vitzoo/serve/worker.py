@@ -59,7 +59,6 @@ class ModelWorker:
         import torch
 
         from ..factory import load_model_from
-        from ..infer.paths import image_shape
 
         config = self.config
         started = time.perf_counter()
@@ -68,19 +67,21 @@ class ModelWorker:
                 torch.set_num_threads(config.threads)
             loaded = load_model_from(config)
             self.classes = loaded.class_names(config.class_names)
-            # attention maps need the fp32 model; the torch paths convert their model in place, so they get a copy
-            self.model = loaded.model.eval().to(config.device)
-            if config.precision != "fp32":
+            # attention maps need the fp32 model; the torch paths convert their model in place, so they get a copy (an
+            # exported file has no PyTorch model: no attention maps)
+            self.model = loaded.model.eval().to(config.device) if loaded.model is not None else None
+            if self.model is not None and config.path.precision != "fp32":
                 loaded = dataclasses.replace(loaded, model=copy.deepcopy(loaded.model))
             self.runner = loaded.runner(config, config.protocol)
             self.device = torch.device(config.device)
             # warm: the first forward pays for lazy initialisation (and compilation); compiled or captured paths also
             # meet the largest batch now, not under the first burst of traffic
-            warm = np.zeros(image_shape(self.model), dtype=np.float32)
+            warm = np.zeros((3, loaded.img_size, loaded.img_size), dtype=np.float32)
             sizes = [1] + ([config.max_batch_size] if self.runner.path.backend in ("compile", "cudagraph") else [])
             for size in sizes:
                 self._run("classify", [Job("classify", warm, "warm-up")] * size)
-            self._run("attention", [Job("attention", warm, "warm-up")])
+            if self.model is not None:
+                self._run("attention", [Job("attention", warm, "warm-up")])
         except Exception as e:  # noqa: BLE001  (anything: the server says so and stops)
             self.state, self.error = "failed", f"{type(e).__name__}: {e}"
             log.error("the model could not be loaded: %s", self.error)
