@@ -418,7 +418,7 @@ def test_the_serve_subcommand_parses_and_refuses_bad_setups(tmp_path, weights, c
     config = ServeConfig(**config_values(ServeConfig, args))
     assert (config.host, config.port, config.max_batch_size, config.batch_timeout_ms, config.workers) == \
         ("127.0.0.1", 8000, 16, 5.0, 1)  # fmt: skip
-    assert config.precision == "fp32" and config.weights == "w.safetensors"
+    assert config.precision is None and config.path.precision == "fp32" and config.weights == "w.safetensors"
 
     names = tmp_path / "names.txt"
     names.write_text("cat\ndog\n")
