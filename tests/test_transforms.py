@@ -21,7 +21,7 @@ PHOTOS = ["rocket.jpg", "retina.jpg", "hubble_deep_field.jpg", "astronaut.png", 
           "camera.png", "motorcycle_left.png"]  # fmt: skip
 
 
-# PaddleClas's yaml configs, as shared/reference/preprocessing.md states them, written out here (not read from
+# PaddleClas's yaml configs (ppcls/configs/ImageNet/{VisionTransformer,DeiT}/*.yaml), written out here (not read from
 # vitzoo's spec table: a wrong table must fail this test): resize_short, backend + interpolation, crop, mean, std
 HALF, IMAGENET = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 PADDLECLAS_CONFIGS = {
