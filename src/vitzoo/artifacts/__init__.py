@@ -4,9 +4,9 @@
     artifact = load_artifact("deit_t.xml")          # its class names, preprocessing and runtime
     logits = artifact.runner()(images)
 
-One module per format (`onnx`, `openvino`, `pt2`, `executorch`), each a writer, a reader of its own metadata and a
-runner in its runtime; `card` is the description every file carries (sidecar `OUT.json`, and the format's own
-metadata where it has a place). What each format takes:
+One module per format (`onnx`, `openvino`, `pt2`, `executorch`), each a writer, an `inspect` reading the description
+and shapes the file itself states, and a runner in its runtime; `card` is the description every file carries (sidecar
+`OUT.json`, and the format's own metadata where it has a place). What each format takes:
 """
 
 from __future__ import annotations
@@ -298,12 +298,12 @@ def load_artifact(path: str | Path, verify_files: bool = True) -> LoadedArtifact
     card = read_card(path, verify_files)
     module = FORMATS[card.runtime]
     try:
-        inside = module.read_metadata(path)
-        shapes = module.io_shapes(path)
+        inside, shapes = module.inspect(path)
     except ArtifactError:
         raise
     except Exception as e:  # each runtime has its own exceptions for a file it cannot parse
-        raise ArtifactError(f"{path}: {card.runtime} cannot read it: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ArtifactError(f"{path}: {card.runtime} cannot read it: {reason}") from None
     if inside is not None:
         own = ArtifactCard.from_record(json.loads(inside), f"{path} (its metadata)")
         for field in ("precision", "classes", "input_shape", "model", "preprocessing"):

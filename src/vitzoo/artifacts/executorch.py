@@ -52,13 +52,10 @@ def _quantized(exported, example, calibration):
     return convert_pt2e(prepared)
 
 
-def read_metadata(path: Path) -> None:
-    return None
-
-
-def io_shapes(path: Path) -> tuple[list, list]:
+def inspect(path: Path) -> tuple[None, tuple[list, list]]:
+    """No description inside a .pte (the sidecar only); the program's own input and output shapes."""
     method = _program(path).metadata("forward")
-    return list(method.input_tensor_meta(0).sizes()), list(method.output_tensor_meta(0).sizes())
+    return None, (list(method.input_tensor_meta(0).sizes()), list(method.output_tensor_meta(0).sizes()))
 
 
 def _program(path: Path):

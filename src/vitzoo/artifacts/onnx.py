@@ -75,23 +75,17 @@ def _quantize(fp32: Path, out: Path, calibration: np.ndarray, batch: int):
     return onnx.load(str(out))
 
 
-def read_metadata(path: Path) -> str | None:
+def inspect(path: Path) -> tuple[str | None, tuple[list, list]]:
+    """The description inside the file, and its own input and output shapes (-1 for a dynamic axis)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
-
-
-def io_shapes(path: Path) -> tuple[list, list]:
-    """The file's own input and output shapes (-1 for a dynamic axis), to check its description against."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
 
     def dims(value):
         return [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
 
-    return dims(graph.input[0]), dims(graph.output[0])
+    metadata = next((p.value for p in model.metadata_props if p.key == METADATA_KEY), None)
+    return metadata, (dims(model.graph.input[0]), dims(model.graph.output[0]))
 
 
 def runner(path: Path, card, threads: int | None):

@@ -38,16 +38,8 @@ def write(exported, example, out: Path, precision: str, calibration, dynamic: bo
     return [out, out.with_suffix(".bin")]
 
 
-def read_metadata(path: Path) -> str | None:
-    import openvino
-
-    model = openvino.Core().read_model(str(path))
-    if not model.has_rt_info([METADATA_KEY]):
-        return None
-    return model.get_rt_info([METADATA_KEY]).astype(str)
-
-
-def io_shapes(path: Path) -> tuple[list, list]:
+def inspect(path: Path) -> tuple[str | None, tuple[list, list]]:
+    """The description in the model's rt_info, and its own input and output shapes (-1 for a dynamic axis)."""
     import openvino
 
     model = openvino.Core().read_model(str(path))
@@ -55,7 +47,8 @@ def io_shapes(path: Path) -> tuple[list, list]:
     def dims(port):
         return [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
 
-    return dims(model.inputs[0]), dims(model.outputs[0])
+    metadata = model.get_rt_info([METADATA_KEY]).astype(str) if model.has_rt_info([METADATA_KEY]) else None
+    return metadata, (dims(model.inputs[0]), dims(model.outputs[0]))
 
 
 def runner(path: Path, card, threads: int | None):

@@ -36,8 +36,9 @@ def write(exported, example, out: Path, precision: str, calibration, dynamic: bo
     return [out]
 
 
-def read_metadata(path: Path) -> str | None:
-    return _load(path).get_metadata().get(METADATA_KEY)
+def inspect(path: Path) -> tuple[str | None, None]:
+    """The description in the package's metadata; the package states no shapes (export checked them)."""
+    return _load(path).get_metadata().get(METADATA_KEY), None
 
 
 def _load(path: Path):
@@ -45,10 +46,6 @@ def _load(path: Path):
         return torch._inductor.aoti_load_package(str(path))
     except Exception as e:  # the loader raises RuntimeError for a bad zip, others for a broken library inside
         raise ValueError(f"{path}: AOTInductor cannot load this package: {str(e).splitlines()[0][:200]}") from None
-
-
-def io_shapes(path: Path) -> None:
-    return None  # the package states no shapes; export checked them against the model
 
 
 def runner(path: Path, card, threads: int | None):
