@@ -197,6 +197,12 @@ def test_an_exported_file_is_a_model_with_its_classes_and_preprocessing(run_fold
         predictions(onnx_file, photos, precision="int8")
     with pytest.raises(ArtifactError, match="runs in onnxruntime"):
         predictions(onnx_file, photos, backend="openvino")
+    # the engine benchmarks/deploy.py times in a process of its own: the same file's runner
+    from vitzoo.bench.engine_worker import build_engine
+
+    run = build_engine({"family": "artifact", "artifact": str(onnx_file), "threads": 1})
+    images = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(run(images), loaded.runner()(images))
 
 
 def corrupt_cases(folder: Path):

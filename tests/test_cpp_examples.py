@@ -216,6 +216,8 @@ def test_bench_and_threads(programs, digits, runtime, name):
     assert "top" in lines[0]
     assert [(line["batch"], line["calls"]) for line in lines[1:]] == [(1, 5), (8, 5)]
     assert all(line["ms_median"] > 0 for line in lines[1:])
+    lines = classify(exe, digits[name], [], "--bench", "2", "--bench-batch", "3")  # one batch size, what deploy.py times
+    assert [(line["batch"], line["calls"]) for line in lines] == [(3, 2)]
 
 
 def test_errors_name_the_problem(programs, digits, tmp_path):
@@ -247,3 +249,5 @@ def test_fixed_batch_file_pads_the_last_batch(programs, digits, tmp_path):
     assert_same_top(classify(exe, fixed, PHOTOS), classify(exe, digits["fp32.xml"], PHOTOS), tol=1e-6)
     lines = classify(exe, fixed, [], "--bench", "3")
     assert [line["batch"] for line in lines] == [2]
+    proc = execute(exe, fixed, "--bench", "3", "--bench-batch", "4")
+    assert proc.returncode == 1 and "takes batch 2 only" in proc.stderr

@@ -63,6 +63,7 @@ struct Options {
     std::string model, dump_input;
     std::vector<std::string> images;
     int bench = 0, threads = 0;  // threads 0: the runtime's own choice
+    int bench_batch = 0;          // 0: batch 1 and 8 (or the file's own batch)
 };
 
 // Runs the model on n images (n * image_floats() floats), writing n * classes logits.
@@ -93,6 +94,11 @@ inline void print_top(const std::string& image, const float* logits, const std::
 // --bench: N timed calls per batch size (after warm-up), the model alone, on copies of the first image.
 inline void bench(const Sidecar& s, const Options& o, const Infer& infer, const std::vector<float>& first) {
     std::vector<int> batches = s.batch > 0 ? std::vector<int>{s.batch} : std::vector<int>{1, 8};
+    if (o.bench_batch > 0) {
+        if (s.batch > 0 && o.bench_batch != s.batch)
+            throw std::runtime_error("the file takes batch " + std::to_string(s.batch) + " only");
+        batches = {o.bench_batch};
+    }
     for (int b : batches) {
         std::vector<float> x(b * s.image_floats()), y(b * s.classes.size());
         for (int i = 0; i < b; ++i) std::copy(first.begin(), first.end(), x.begin() + i * s.image_floats());
@@ -125,6 +131,7 @@ inline Options parse(int argc, char** argv) {
             return std::stoi(v);
         };
         if (arg == "--bench") o.bench = count();
+        else if (arg == "--bench-batch") o.bench_batch = count();
         else if (arg == "--threads") o.threads = count();
         else if (arg == "--dump-input") o.dump_input = value();
         else if (arg == "-h" || arg == "--help") throw std::invalid_argument("");
@@ -147,7 +154,7 @@ inline int run_classifier(int argc, char** argv, const std::string& runtime, con
     } catch (const std::exception& e) {
         if (*e.what()) std::cerr << "error: " << e.what() << "\n";
         std::cerr << "usage: " << argv[0] << " " << usage
-                  << " IMAGE... [--threads T] [--bench N] [--dump-input FILE]\n";
+                  << " IMAGE... [--threads T] [--bench N [--bench-batch B]] [--dump-input FILE]\n";
         return 2;
     }
     try {

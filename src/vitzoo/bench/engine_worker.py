@@ -34,8 +34,15 @@ def _send(message: dict) -> None:
 
 def build_engine(spec: dict, calibration: torch.Tensor | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The engine a spec names, as `run(images) -> logits`: vitzoo's model with the spec's weights, through
-    `vitzoo.infer.build_path` (family "vitzoo"), as timm's twin through the same paths ("timm"), or in Paddle
-    Inference ("paddle"). Exported files go to `workdir/slug/`."""
+    `vitzoo.infer.build_path` (family "vitzoo"), as timm's twin through the same paths ("timm"), in Paddle
+    Inference ("paddle"), or a file from `vitzoo export` in its own runtime ("artifact": spec["artifact"], no
+    weights). Exported files go to `workdir/slug/`."""
+    if spec["family"] == "artifact":
+        from types import SimpleNamespace
+
+        from ..artifacts import load_artifact
+
+        return load_artifact(spec["artifact"]).runner(SimpleNamespace(threads=spec["threads"]))
     from safetensors.torch import load_file
 
     from ..model import ViTConfig, build_model
