@@ -106,7 +106,7 @@ def test_paths_a_machine_cannot_run_say_so_in_one_line(monkeypatch):
     assert "\n" not in str(e.value)
     with pytest.raises(PathUnavailable, match="CUDA"):
         build_path(model, "fp32", "cudagraph")
-    with pytest.raises(ValueError, match="int8 runs on: openvino"):
+    with pytest.raises(ValueError, match="int8 runs on: compile, openvino"):
         build_path(model, "int8", "eager")
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if not installed: the import fails
     with pytest.raises(PathUnavailable, match="openvino") as e:

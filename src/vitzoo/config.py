@@ -204,6 +204,8 @@ class BenchConfig(PathOptions):
     wait_quiet: float | None = option(None, "on a shared CPU, wait up to this many seconds before each timed round "
                                       "for other processes to leave it idle (default: 0; 10 with engines in "
                                       "processes)")  # fmt: skip
+    ceiling: bool = option(True, "CPU: no GEMM ceiling (each record's effective GFLOP/s and fraction of this CPU's "
+                           "GEMM rate at its precision, measured in the same run)", negate="--no-ceiling")  # fmt: skip
     progress: bool = option(True, "no progress lines", negate="--quiet")
 
     def check(self):

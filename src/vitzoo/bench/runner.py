@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..config import BenchConfig, ConfigError
-from ..factory import LoadedModel, check_calibration, load_model, resolve_model, resolve_models
+from ..factory import LoadedModel, check_calibration, create_model, load_model, resolve_model, resolve_models
 from ..infer import InferencePath, build_path, calibration_images, image_shape, lively_init_, logits_cosine, sample_photos
 from ..infer.torch_paths import strict_fp32
 from ..specs import SPECS
@@ -30,6 +30,8 @@ RECORD_FIELDS = (
     "peak_mem_mb",
 )  # fmt: skip
 COMPARE_FIELDS = ("timm_ms_median", "ratio")
+CEILING_FIELDS = ("effective_gflops", "ceiling_gflops", "ceiling_fraction", "ceiling_kernel")  # CPU, --no-ceiling off
+CEILING_PRECISION = {"fp32": "fp32", "bf16": "bf16", "int8": "int8"}  # fp16 on a CPU: no ceiling measured
 FIDELITY_IMAGES = 8  # images of the model's own kind the cosine to fp32 eager is taken over
 ENGINE_WAIT_S = 10.0  # engines in processes: how long to wait before each turn for an idle CPU, unless told
 
@@ -301,10 +303,39 @@ def run_bench(config: BenchConfig, progress: Callable[[str], None] | None = None
         records = []
         for name, ref in zip(names, refs):
             if ref.kind == "artifact":
-                records += _bench_artifact(ref, sizes, config, say)
+                model_records = _bench_artifact(ref, sizes, config, say)
             elif in_process:
-                records += _bench_model(name, path, sizes, twin_path, config, say, Path(tmp))
+                model_records = _bench_model(name, path, sizes, twin_path, config, say, Path(tmp))
             else:
-                records += _bench_engines(name, path, sizes, peers, twin_path, config, say, Path(tmp))
+                model_records = _bench_engines(name, path, sizes, peers, twin_path, config, say, Path(tmp))
+            if config.ceiling and not path.on_cuda:
+                _add_ceiling(model_records, say)
+            records += model_records
         return records
+
+
+def _add_ceiling(records: list[dict], say) -> None:
+    """Each timed record's effective rate (2 x the model's full MACs x images / time) and its fraction of this CPU's
+    GEMM ceiling at the record's precision (`vitzoo.bench.ceiling`), measured here with the same threads, once per
+    precision and batch size. A model whose architecture is not known here (an exported custom model) is left as is."""
+    from ..profile import profile
+    from .ceiling import effective_gflops, gemm_ceiling, unavailable
+
+    ceilings, macs = {}, {}
+    for r in records:
+        precision = CEILING_PRECISION.get(r.get("precision"))
+        if "ms_median" not in r or precision is None or unavailable(precision) or r["model"] not in SPECS:
+            continue
+        if r["model"] not in macs:
+            macs[r["model"]] = profile(r["model"]).macs_full
+        key = (r["model"], precision, r["batch_size"])
+        if key not in ceilings:
+            say(f"GEMM ceiling, {precision}, batch {r['batch_size']}")
+            with torch.device("meta"):
+                cfg = create_model(r["model"]).cfg
+            ceilings[key] = gemm_ceiling(precision, cfg, r["batch_size"], min_s=0.2)
+        ceiling = ceilings[key]
+        rate = effective_gflops(macs[r["model"]], r["batch_size"], r["ms_median"])
+        r.update(effective_gflops=round(rate, 1), ceiling_gflops=ceiling["gflops"],
+                 ceiling_fraction=round(rate / ceiling["gflops"], 3), ceiling_kernel=ceiling["kernel"])  # fmt: skip
 

@@ -7,7 +7,9 @@ Backends (what each computes is checked against fp32 eager in tests/test_infer_p
 - eager: the model exactly as model.py writes it, weights and inputs in the precision.
 - fast: the trimmed forward (`TrimmedLogits(fused=True)`: the last block computes only the prefix tokens) with
   oneDNN linears and in-place GELU on CPU: the same logits, less work.
-- compile: torch.compile (inductor, frozen weights) of the trimmed forward.
+- compile: torch.compile (inductor, frozen weights) of the trimmed forward; int8: PT2E static quantization with the
+  X86 Inductor quantizer, calibrated on images the caller names, compiled to oneDNN's quantized linears
+  (`x86_int8`), the rest in bf16 where the CPU has it.
 - cudagraph: the trimmed forward captured as CUDA graphs, one per batch size (CUDA only).
 - onnxruntime: vitzoo's ONNX export (trimmed) in onnxruntime (fp32).
 - openvino: vitzoo's ONNX export (trimmed) in OpenVINO on CPU: fp32, bf16, and int8 through NNCF's static
@@ -28,8 +30,9 @@ from ..model import VisionTransformer
 from .fastpath import TrimmedLogits
 from .onnx import OrtRunner, export_onnx
 from .openvino import OpenVINORunner
-from .paths import InferencePath, Runner, cpu_has_amx
+from .paths import InferencePath, Runner, cpu_has_amx, cpu_has_bf16
 from .torch_paths import CudaGraphs, compile_model
+from .x86_int8 import build_int8_compile
 
 TRIMMED = "the last block computes only the prefix tokens the head reads"
 
@@ -68,6 +71,16 @@ def build_path(
     model = model.to(path.dtype)
     if path.backend == "eager":
         return Runner(model, path)
+    if path.backend == "compile" and path.precision == "int8":
+        # the whole forward, not the trimmed one: Inductor's int8 lowering of the trimmed last block (its queries
+        # sliced to the prefix tokens) answered far from the quantized graph it compiled (cosine 0.954 on DeiT_small)
+        batches = _calibration_batches(calibration)
+        if not batches:
+            raise ValueError("int8 needs calibration images: name a folder or list file (--calibration)")
+        mixed = cpu_has_bf16()
+        runner = build_int8_compile(model, (torch.from_numpy(b) for b in batches), mixed_bf16=mixed)
+        how = "PT2E x86 int8 (oneDNN qlinear), the rest in " + ("bf16" if mixed else "fp32")
+        return Runner(runner, path, _joined("torch.compile, frozen weights", how))
     if vitzoo_model:
         # explicit attention for bf16 on a CPU without AMX, where oneDNN's bf16 matmuls beat SDPA's kernel; with AMX,
         # SDPA's is the faster (benchmarks/openvino_study.md)

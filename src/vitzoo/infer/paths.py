@@ -13,14 +13,16 @@ from torch import nn
 
 from .openvino import unavailable_reason as openvino_unavailable_reason
 from .torch_paths import TORCH_DTYPES
+from .x86_int8 import unavailable_reason as x86_int8_unavailable_reason
 
 PRECISIONS = (*TORCH_DTYPES, "int8")
 BACKENDS = ("eager", "fast", "compile", "cudagraph", "onnxruntime", "openvino")
-# what each backend can run; int8 goes through OpenVINO + NNCF (chosen by measurement: benchmarks/cpu_engines.md)
+# what each backend can run; int8 by default through OpenVINO + NNCF (chosen by measurement:
+# benchmarks/cpu_engines.md), or through PyTorch's own x86 int8 (`x86_int8`: PT2E + Inductor, oneDNN's qlinear)
 SUPPORTED = {
     "eager": ("fp32", "bf16", "fp16"),
     "fast": ("fp32", "bf16", "fp16"),
-    "compile": ("fp32", "bf16", "fp16"),
+    "compile": ("fp32", "bf16", "fp16", "int8"),
     "cudagraph": ("fp32", "bf16", "fp16"),
     "onnxruntime": ("fp32",),
     "openvino": ("fp32", "bf16", "int8"),
@@ -103,6 +105,10 @@ class InferencePath:
 
     def unavailable_reason(self) -> str | None:
         """None if this machine can run the path, else one line saying why not."""
+        if self.backend == "compile" and self.precision == "int8":
+            if self.on_cuda:
+                return "int8-compile runs on the CPU (oneDNN's quantized linear); on CUDA use bf16 or fp16"
+            return x86_int8_unavailable_reason()
         if self.on_cuda and not torch.cuda.is_available():
             return f"{self.name} on {self.device}: no CUDA device here"
         if self.backend == "cudagraph" and not self.on_cuda:
