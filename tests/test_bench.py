@@ -90,7 +90,7 @@ def test_cli_json_and_markdown(capsys):
         (["--backend", "cudagraph"], "the cudagraph backend needs a CUDA device"),
         (["--backend", "onnxruntime", "--precision", "bf16"], "backend onnxruntime does not run bf16"),
         (["--compare", "timm", "--timm-baseline", "int4-eager"], "unknown precision"),
-        (["--compare", "timm", "--timm-baseline", "int8-eager"], "int8 runs on: openvino"),
+        (["--compare", "timm", "--timm-baseline", "int8-eager"], "int8 runs on: compile, openvino"),
     ],
 )
 def test_cli_refuses_paths_that_cannot_run(flags, message, capsys):
