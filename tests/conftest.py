@@ -1,3 +1,4 @@
+import functools
 import math
 from pathlib import Path
 
@@ -51,3 +52,17 @@ def train_tiny_digits_run(root: Path, per_class: int = 12, epochs: int = 2):
                     progress=False, plot=False, threads=1, output=str(root / "run"))  # fmt: skip
     train(settings)
     return root / "run", train_dir, val_dir
+
+
+@functools.cache
+def lively_case(name: str):
+    """A model with random O(1)-activation weights, scikit-image's photographs through its eval transform, and its
+    fp32 eager logits of them: what the inference-path tests compare a path with."""
+    import vitzoo
+    from vitzoo.infer import lively_init_, sample_photos
+
+    model = lively_init_(vitzoo.create_model(name)).eval()
+    photos = sample_photos(name)
+    with torch.no_grad():
+        reference = model(photos)
+    return model, photos, reference

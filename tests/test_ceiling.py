@@ -4,7 +4,6 @@ path (PT2E x86 int8 + Inductor) against fp32 eager on real photographs."""
 from __future__ import annotations
 
 import copy
-import functools
 import importlib.util
 import json
 import sys
@@ -13,23 +12,20 @@ import pytest
 import torch
 
 import vitzoo
-from vitzoo.bench import ceiling
+from vitzoo.bench import CEILING_FIELDS, ceiling
 from vitzoo.cli.main import main
-from vitzoo.infer import PathUnavailable, build_path, lively_init_, logits_cosine, sample_photos
+from vitzoo.infer import PathUnavailable, build_path, logits_cosine
 from vitzoo.infer import x86_int8
+
+from conftest import lively_case
 
 pytest.importorskip("skimage")
 
 NAME = "DeiT_tiny_distilled_patch16_224"  # two prefix tokens: the trimmed forward keeps both
 
 
-@functools.cache
 def case():
-    model = lively_init_(vitzoo.create_model(NAME)).eval()
-    photos = sample_photos(NAME)
-    with torch.no_grad():
-        reference = model(photos)
-    return model, photos, reference
+    return lively_case(NAME)
 
 
 def test_linear_shapes_are_the_blocks_products():
@@ -119,6 +115,7 @@ def test_bench_records_the_ceiling_and_the_fraction(capsys):
     main(["bench", "--model", "DeiT_tiny_patch16_224", "--batch-sizes", "1", "--runs", "2", "--warmup", "1",
           "--format", "json", "--quiet"])  # fmt: skip
     (record,) = json.loads(capsys.readouterr().out)
+    assert set(CEILING_FIELDS) <= record.keys()
     assert record["ceiling_kernel"] == "torch.mm fp32" and record["ceiling_gflops"] > 0
     expected = 2 * vitzoo.profile("DeiT_tiny_patch16_224").macs_full / (record["ms_median"] / 1000) / 1e9
     assert record["effective_gflops"] == pytest.approx(expected, abs=0.051)  # rounded to 0.1

@@ -6,7 +6,6 @@ A trained run's output folder is a model for eval, predict, bench and export.
 """
 
 import copy
-import functools
 import json
 import subprocess
 import sys
@@ -16,10 +15,10 @@ import torch
 
 import vitzoo
 from vitzoo.cli.main import main
-from vitzoo.infer import PathUnavailable, build_path, cpu_has_bf16, lively_init_, logits_cosine, sample_photos
+from vitzoo.infer import PathUnavailable, build_path, cpu_has_bf16, logits_cosine
 from vitzoo.infer import paths as infer_paths
 
-from conftest import train_tiny_digits_run
+from conftest import lively_case, train_tiny_digits_run
 
 pytest.importorskip("skimage")
 
@@ -34,13 +33,8 @@ def _has(module: str) -> bool:
         return False
 
 
-@functools.cache
 def case():
-    model = lively_init_(vitzoo.create_model(NAME)).eval()
-    photos = sample_photos(NAME)
-    with torch.no_grad():
-        reference = model(photos)
-    return model, photos, reference
+    return lively_case(NAME)
 
 
 def run_path(precision, backend, **kwargs):

@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from ..infer.x86_int8 import has_onednn_int8
+
 SQUARE = (2048, 2048, 2048)
 OP_CLASSES = ("gemm", "attention", "norm", "pointwise", "copies", "other")
 
@@ -58,7 +60,7 @@ def unavailable(precision: str) -> str | None:
     """None where this process can measure a GEMM at `precision`, else one line why not."""
     if precision not in ("fp32", "bf16", "int8"):
         return f"no GEMM ceiling for {precision} (fp32, bf16, int8)"
-    if precision == "int8" and not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_prepack")):
+    if precision == "int8" and not has_onednn_int8():
         return "int8: this torch has no oneDNN quantized linear (torch.ops.onednn.qlinear_pointwise)"
     return None
 
@@ -137,15 +139,15 @@ def op_class(name: str) -> str:
 _WRAPPERS = ("Torch-Compiled Region", "CompiledFxGraph", "## Call CompiledFxGraph", "TorchDynamo Cache Lookup")
 
 
-def shares(self_us: dict[str, float]) -> dict:
-    """{op name: self time} as {"shares": {class: fraction}, "top": [(name, class, fraction), ...]}."""
+def shares(self_us: dict[tuple[str, str], float]) -> dict:
+    """{(op name, its class): self time} as {"shares": {class: fraction}, "top": [(name, class, fraction), ...]}."""
     total = sum(self_us.values()) or 1.0
     by_class = dict.fromkeys(OP_CLASSES, 0.0)
-    for name, us in self_us.items():
-        by_class[op_class(name)] += us
+    for (_, klass), us in self_us.items():
+        by_class[klass] += us
     top = sorted(self_us.items(), key=lambda item: -item[1])[:8]
     return {"shares": {k: round(v / total, 3) for k, v in by_class.items()},
-            "top": [(name, op_class(name), round(us / total, 3)) for name, us in top]}  # fmt: skip
+            "top": [(name, klass, round(us / total, 3)) for (name, klass), us in top]}  # fmt: skip
 
 
 @torch.inference_mode()
@@ -164,7 +166,8 @@ def op_class_breakdown(run: Callable[[torch.Tensor], torch.Tensor], images: torc
     for event in prof.key_averages():
         if event.key.startswith(_WRAPPERS) or event.self_cpu_time_total <= 0:
             continue
-        self_us[event.key] = self_us.get(event.key, 0.0) + event.self_cpu_time_total
+        key = (event.key, op_class(event.key))
+        self_us[key] = self_us.get(key, 0.0) + event.self_cpu_time_total
     return shares(self_us)
 
 
@@ -200,13 +203,7 @@ def openvino_breakdown(runner, images: torch.Tensor, runs: int = 5) -> dict:
         for node_type, name, kernel, us in runner.node_times(tuple(images.shape)):
             key = (f"{node_type} ({kernel})", openvino_node_class(node_type, name))
             self_us[key] = self_us.get(key, 0.0) + us
-    by_class = dict.fromkeys(OP_CLASSES, 0.0)
-    total = sum(self_us.values()) or 1.0
-    for (_, klass), us in self_us.items():
-        by_class[klass] += us
-    top = sorted(self_us.items(), key=lambda item: -item[1])[:8]
-    return {"shares": {k: round(v / total, 3) for k, v in by_class.items()},
-            "top": [(key, klass, round(us / total, 3)) for (key, klass), us in top]}  # fmt: skip
+    return shares(self_us)
 
 
 def path_breakdown(name: str, precision: str, backend: str, batch_sizes, calibration=None, family: str = "vitzoo"):

@@ -31,7 +31,6 @@ RECORD_FIELDS = (
 )  # fmt: skip
 COMPARE_FIELDS = ("timm_ms_median", "ratio")
 CEILING_FIELDS = ("effective_gflops", "ceiling_gflops", "ceiling_fraction", "ceiling_kernel")  # CPU, --no-ceiling off
-CEILING_PRECISION = {"fp32": "fp32", "bf16": "bf16", "int8": "int8"}  # fp16 on a CPU: no ceiling measured
 FIDELITY_IMAGES = 8  # images of the model's own kind the cosine to fp32 eager is taken over
 ENGINE_WAIT_S = 10.0  # engines in processes: how long to wait before each turn for an idle CPU, unless told
 
@@ -323,8 +322,8 @@ def _add_ceiling(records: list[dict], say) -> None:
 
     ceilings, macs = {}, {}
     for r in records:
-        precision = CEILING_PRECISION.get(r.get("precision"))
-        if "ms_median" not in r or precision is None or unavailable(precision) or r["model"] not in SPECS:
+        precision = r.get("precision")  # fp32, bf16, int8; fp16 on a CPU has no ceiling (`unavailable` says so)
+        if "ms_median" not in r or unavailable(precision) or r["model"] not in SPECS:
             continue
         if r["model"] not in macs:
             macs[r["model"]] = profile(r["model"]).macs_full

@@ -156,13 +156,18 @@ class OpenVINORunner:
         for config in (self.config, self._batch1_config):
             config["PERF_COUNT"] = True
         self._requests.clear()
+        self._original_ops = {}  # input shape -> {runtime node name: the model's ops it runs}
 
     def node_times(self, shape: tuple[int, ...]) -> list[tuple[str, str, str, float]]:
         """(node type, the model's ops it runs (comma-separated), its kernel, microseconds) of each executed node in
         the last call at input `shape`; a fused node lists every op it took in."""
         request = self._requests[shape]
-        originals = {op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str)
-                     for op in request.get_compiled_model().get_runtime_model().get_ops()}  # fmt: skip
+        originals = self._original_ops.get(shape)
+        if originals is None:
+            originals = self._original_ops[shape] = {
+                op.get_friendly_name(): op.get_rt_info()["originalLayersNames"].astype(str)
+                for op in request.get_compiled_model().get_runtime_model().get_ops()
+            }
         return [(info.node_type, originals.get(info.node_name, info.node_name), info.exec_type,
                  info.real_time.total_seconds() * 1e6)
                 for info in request.profiling_info if info.real_time.total_seconds() > 0]  # fmt: skip

@@ -21,10 +21,15 @@ import torch
 from torch import nn
 
 
+def has_onednn_int8() -> bool:
+    """Whether this torch has oneDNN's quantized linear (x86 builds): what int8-compile and the int8 ceiling run."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")
+
+
 def unavailable_reason() -> str | None:
     if importlib.util.find_spec("torchao") is None:
         return "int8-compile needs torchao's X86 Inductor quantizer (pip install torchao)"
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.onednn, "qlinear_pointwise")):
+    if not has_onednn_int8():
         return "int8-compile needs torch built with oneDNN's quantized linear (x86)"
     return None
 
